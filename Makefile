@@ -1,0 +1,35 @@
+# Quick start:  make repro   (environment + the whole pipeline)   |   make test
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE ?= 1
+export DVC_NO_ANALYTICS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup repro test test-fast lint clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
+	$(BIN)/python -c "import torch, torchvision, open_clip, transformers, trl, peft, diffusers, dvc"
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup
+	@$(BIN)/python -m pytest -q -ra; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,185 @@
+"""Safe image-caption sources: the synthetic world, a local COCO folder, or the released ViSU-Text."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from safeclip.data.schemas import SPLITS
+from safeclip.io import InputError
+from safeclip.params import CocoCaptions, VisuHfCaptions, World, WorldCaptions
+from safeclip.world.catalogue import TWINNED_SAFE
+from safeclip.world.grammar import caption
+from safeclip.world.render import RenderConfig, render, to_png
+from safeclip.world.scene import Scene, enumerate_scenes, sample_scene
+
+
+def render_config(world: World) -> RenderConfig:
+    return RenderConfig(image_size=world.image_size, glyph_fraction=world.glyph_fraction,
+                        size_jitter=world.size_jitter, position_jitter=world.position_jitter,
+                        colour_jitter=world.colour_jitter, noise_std=world.noise_std)
+
+
+def stable_seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha1(":".join(map(str, parts)).encode()).digest()[:4], "little")
+
+
+def world_scenes(counts: dict[str, int], seed: int, max_objects: int) -> dict[str, list[Scene]]:
+    """Unique safe scenes per split, disjoint across splits (test scenes are held out of all training).
+
+    Only safe objects that have an unsafe twin are used, so each caption has one well-defined unsafe version.
+    """
+    total = sum(counts.values())
+    rng = np.random.default_rng(seed)
+    if max_objects == 1:
+        pool = enumerate_scenes(TWINNED_SAFE)
+        if total > len(pool):
+            raise ValueError(f"captions.world: {total} scenes asked, the one-object world has {len(pool)}")
+        picked = [pool[i] for i in rng.permutation(len(pool))[:total]]
+    else:
+        seen: set[Scene] = set()
+        picked = []
+        while len(picked) < total:
+            s = sample_scene(rng, TWINNED_SAFE, max_objects)
+            if s not in seen:
+                seen.add(s)
+                picked.append(s)
+    out, start = {}, 0
+    for split in ("test", "val", "train"):  # test first: its size never depends on the others
+        out[split] = picked[start:start + counts[split]]
+        start += counts[split]
+    return out
+
+
+def world_rows(cfg: WorldCaptions, world: World, seed: int, scale: float) -> Iterator[dict]:
+    from safeclip.runtime import scaled
+
+    counts = {"train": scaled(cfg.n_train, scale, 8), "val": scaled(cfg.n_val, scale, 8),
+              "test": scaled(cfg.n_test, scale, 8)}
+    rcfg = render_config(world)
+    for split, scenes in world_scenes(counts, seed, world.max_objects).items():
+        for i, scene in enumerate(scenes):
+            rseed = stable_seed(seed, split, i)
+            yield {"id": f"world-{split}-{i:05d}", "split": split, "caption": caption(scene),
+                   "image": {"bytes": to_png(render(scene, rseed, rcfg)), "path": None}, "source": "world",
+                   "scene": scene.to_json(), "seed": rseed, "nsfw": None, "tag": None}
+
+
+def check_image(path: Path, where: str) -> None:
+    """Fail with the file and field when an image is missing, empty or undecodable."""
+    if not path.exists():
+        raise InputError(f"{where}: image: file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise InputError(f"{where}: image: file {path} is empty (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:
+        raise InputError(f"{where}: image: file {path} is not a readable image ({e})") from e
+
+
+def _load_json(path: Path) -> dict:
+    if not path.exists():
+        raise InputError(f"{path}: file does not exist")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not valid UTF-8 (byte {e.start})") from e
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from e
+
+
+def read_coco(annotations: Path, images: Path, captions_per_image: int, limit: int | None) -> list[tuple[str, str]]:
+    """(image path, caption) from a COCO captions JSON, validated entry by entry."""
+    data = _load_json(annotations)
+    if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
+        raise InputError(f"{annotations}: expected a COCO captions object with 'images' and 'annotations'")
+    files: dict[int, str] = {}
+    for i, im in enumerate(data["images"]):
+        for key, typ in (("id", int), ("file_name", str)):
+            if not isinstance(im, dict) or key not in im:
+                raise InputError(f"{annotations}: images[{i}]: {key}: missing")
+            if not isinstance(im[key], typ):
+                raise InputError(f"{annotations}: images[{i}]: {key}: must be {typ.__name__}")
+        if im["id"] in files:
+            raise InputError(f"{annotations}: images[{i}]: id: duplicate image id {im['id']}")
+        files[im["id"]] = im["file_name"]
+    per_image: dict[int, list[str]] = {}
+    for i, ann in enumerate(data["annotations"]):
+        for key, typ in (("image_id", int), ("caption", str)):
+            if not isinstance(ann, dict) or key not in ann:
+                raise InputError(f"{annotations}: annotations[{i}]: {key}: missing")
+            if not isinstance(ann[key], typ):
+                raise InputError(f"{annotations}: annotations[{i}]: {key}: must be {typ.__name__}")
+        if ann["image_id"] not in files:
+            raise InputError(f"{annotations}: annotations[{i}]: image_id: {ann['image_id']} is not in images")
+        if not ann["caption"].strip():
+            raise InputError(f"{annotations}: annotations[{i}]: caption: empty")
+        per_image.setdefault(ann["image_id"], []).append(" ".join(ann["caption"].split()))
+    out = []
+    for n, image_id in enumerate(sorted(per_image)):
+        if limit is not None and n >= limit:
+            break
+        path = images / files[image_id]
+        check_image(path, f"{annotations}: image id {image_id}")
+        out += [(str(path), c) for c in per_image[image_id][:captions_per_image]]
+    if not out:
+        raise InputError(f"{annotations}: no captions")
+    return out
+
+
+def coco_rows(cfg: CocoCaptions, seed: int) -> Iterator[dict]:
+    train = read_coco(Path(cfg.annotations_train), Path(cfg.images_train), cfg.captions_per_image,
+                      cfg.max_images_per_split)
+    val_all = read_coco(Path(cfg.annotations_val), Path(cfg.images_val), cfg.captions_per_image, None)
+    images = sorted({p for p, _ in val_all}, key=lambda p: stable_seed(seed, p))
+    n_test = round(len(images) * cfg.test_fraction)
+    test_images = set(images[:n_test])
+    limit = cfg.max_images_per_split
+    splits = {"train": train, "val": [r for r in val_all if r[0] not in test_images],
+              "test": [r for r in val_all if r[0] in test_images]}
+    for split in SPLITS:
+        rows = splits[split]
+        if limit is not None:
+            keep = set(sorted({p for p, _ in rows})[:limit])
+            rows = [r for r in rows if r[0] in keep]
+        for i, (path, text) in enumerate(rows):
+            yield {"id": f"coco-{split}-{i:06d}", "split": split, "caption": text,
+                   "image": {"bytes": None, "path": path}, "source": "coco", "scene": None, "seed": None,
+                   "nsfw": None, "tag": None}
+
+
+VISU_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}
+
+
+def visu_hf_rows(cfg: VisuHfCaptions) -> Iterator[dict]:
+    """ViSU-Text rows (safe, nsfw, tag[, coco_id]) from a hub id or a local file/folder."""
+    from safeclip.hub import load_text_dataset
+
+    dataset = load_text_dataset(cfg.dataset, cfg.revision)
+    for hf_split, ds in dataset.items():
+        split = VISU_SPLITS.get(hf_split)
+        if split is None:
+            raise InputError(f"{cfg.dataset}: unknown split {hf_split!r} (expected train/validation/test)")
+        for col in ("safe", "nsfw", "tag"):
+            if col not in ds.column_names:
+                raise InputError(f"{cfg.dataset}: split {hf_split}: column {col!r} is missing "
+                                 f"(has {ds.column_names})")
+        for i, row in enumerate(ds):
+            if cfg.max_rows_per_split is not None and i >= cfg.max_rows_per_split:
+                break
+            for col in ("safe", "nsfw", "tag"):
+                if not isinstance(row[col], str) or not row[col].strip():
+                    raise InputError(f"{cfg.dataset}: split {hf_split}: row {i}: {col}: empty or not a string")
+            image = None
+            if cfg.coco_images and row.get("coco_id") is not None:
+                path = Path(cfg.coco_images) / f"{int(row['coco_id']):012d}.jpg"
+                check_image(path, f"{cfg.dataset}: split {hf_split}: row {i}")
+                image = {"bytes": None, "path": str(path)}
+            yield {"id": f"visu-{split}-{i:06d}", "split": split, "caption": row["safe"].strip(), "image": image,
+                   "source": "visu-hf", "scene": None, "seed": None, "nsfw": row["nsfw"].strip(), "tag": row["tag"]}

@@ -1,0 +1,30 @@
+"""Explicit pyarrow schemas: the data contracts between stages (DESIGN.md section 4)."""
+
+import pyarrow as pa
+
+# HF `datasets.Image` layout: a struct of encoded bytes and/or a path, so users' tools read it as an image.
+IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+PAIRS = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("safe", pa.string(), nullable=False),
+    pa.field("unsafe", pa.string(), nullable=False),
+    pa.field("tag", pa.string(), nullable=False),
+    pa.field("source_file", pa.string(), nullable=False),
+    pa.field("source_line", pa.int32(), nullable=False),
+])
+
+CAPTIONS = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("caption", pa.string(), nullable=False),
+    pa.field("image", IMAGE, nullable=True),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("scene", pa.string(), nullable=True),  # world scene JSON
+    pa.field("seed", pa.int64(), nullable=True),  # world render seed
+    pa.field("nsfw", pa.string(), nullable=True),  # visu-hf: the released unsafe caption
+    pa.field("tag", pa.string(), nullable=True),  # visu-hf: its concept
+])
+
+SPLITS = ("train", "val", "test")

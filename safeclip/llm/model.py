@@ -1,0 +1,68 @@
+"""Base causal LM: a tiny Llama trained here on world text, or a hub id / local path (the paper's Llama-2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from safeclip.hub import resolve_model_dir
+from safeclip.io import InputError
+from safeclip.llm.template import PROMPT
+from safeclip.params import WorldLlm
+from safeclip.world.catalogue import OBJECTS
+from safeclip.world.grammar import caption, vocabulary
+from safeclip.world.scene import sample_scene
+
+POINTER = "resolved.json"  # models/base_llm in the paper face: where the weights are, not a 13 GB copy
+
+
+def world_corpus(n: int, seed: int, max_objects: int) -> list[str]:
+    """World 'web text': captions of random scenes over every object, safe and unsafe."""
+    rng = np.random.default_rng(seed)
+    return [caption(sample_scene(rng, tuple(OBJECTS), max_objects)) for _ in range(n)]
+
+
+def tokenizer_corpus() -> list[str]:
+    return [" ".join(vocabulary()), PROMPT.format(safe="")]
+
+
+def build_world_llm(cfg: WorldLlm, tokenizer) -> LlamaForCausalLM:
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+                         intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+                         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+                         max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config)
+
+
+def write_pointer(out_dir: Path, source: str, revision: str | None, resolved: Path) -> None:
+    (out_dir / POINTER).write_text(json.dumps({"source": source, "revision": revision,
+                                               "resolved_path": str(resolved)}, indent=2) + "\n")
+
+
+def model_dir(path: str | Path, allow_pickle: bool = False) -> Path:
+    """The folder with weights for `path`: itself, or what its pointer file resolves to."""
+    path = Path(path)
+    pointer = path / POINTER
+    if pointer.exists():
+        info = json.loads(pointer.read_text())
+        return resolve_model_dir(info["source"], info.get("revision"), allow_pickle)
+    if not path.exists():
+        raise InputError(f"{path}: model folder does not exist")
+    return resolve_model_dir(str(path), allow_pickle=allow_pickle)
+
+
+def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
+    """(model, tokenizer), safetensors only and never remote code."""
+    d = model_dir(path, allow_pickle)
+    tok = AutoTokenizer.from_pretrained(d, trust_remote_code=False)
+    if tok.pad_token is None:  # Llama-2 has none; left-padded batches need one
+        tok.pad_token = tok.unk_token or tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype, trust_remote_code=False,
+                                                 use_safetensors=not allow_pickle)
+    return model, tok

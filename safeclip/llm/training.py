@@ -1,0 +1,80 @@
+"""trl training shared by base_llm pretraining, SFT and (later) DPO: config, resume, NaN guard, loss curves."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from transformers import PrinterCallback, TrainerCallback
+
+from safeclip.checkpoint import last_checkpoint, prepare_checkpoint_dir
+from safeclip.params import Base
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf loss; nothing is saved as final."""
+
+
+class StopOnNonFinite(TrainerCallback):
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "train_loss", "eval_loss"):
+            v = (logs or {}).get(key)
+            if isinstance(v, float) and not math.isfinite(v):
+                terms = {k: v for k, v in (logs or {}).items() if "loss" in k or "reward" in k}
+                raise NonFiniteLoss(f"non-finite {key} at step {state.global_step}: {terms}")
+
+
+class LogToLogger(TrainerCallback):
+    """One line per logging step through the stage logger, instead of trl's printed dicts."""
+
+    def __init__(self, log: logging.Logger):
+        self.log = log
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            shown = {k: f"{v:.4g}" for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
+            self.log.info("step %d/%d %s", state.global_step, state.max_steps, shown)
+
+
+def common_args(base: Base, ckpt_dir: Path, *, save_steps: int, logging_steps: int) -> dict:
+    """Trainer arguments every stage shares: CPU/GPU, precision, checkpoints, quiet, seeded."""
+    cpu = base.device == "cpu"
+    return dict(output_dir=str(ckpt_dir), use_cpu=cpu, bf16=base.mixed_precision == "bf16",
+                fp16=base.mixed_precision == "fp16", activation_checkpointing=False, report_to="none",
+                save_strategy="steps", save_steps=save_steps, save_total_limit=1, logging_steps=logging_steps,
+                seed=base.seed, data_seed=base.seed, disable_tqdm=True, dataloader_num_workers=0,
+                log_level="warning")
+
+
+def train_resumably(trainer, ckpt_dir: Path, fp: str, log: logging.Logger) -> None:
+    """Resume from the last checkpoint when it was made under the same fingerprint, else start over."""
+    state = trainer.accelerator.state
+    resume = prepare_checkpoint_dir(ckpt_dir, fp, log, is_main=state.is_main_process)
+    state.wait_for_everyone()
+    ckpt = last_checkpoint(ckpt_dir) if resume else None
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LogToLogger(log))
+    trainer.add_callback(StopOnNonFinite())
+    trainer.train(resume_from_checkpoint=ckpt)
+
+
+def loss_curve(log_history: list[dict]) -> list[dict]:
+    """Per-step rows for the DVC plot: train loss, eval loss, learning rate (when logged at that step)."""
+    rows: dict[int, dict] = {}
+    for entry in log_history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        row = rows.setdefault(step, {"step": step})
+        for src, dst in (("loss", "train_loss"), ("eval_loss", "eval_loss"), ("learning_rate", "learning_rate")):
+            if src in entry:
+                row[dst] = float(entry[src])
+    return [rows[s] for s in sorted(rows)]
+
+
+def last_value(log_history: list[dict], key: str) -> float | None:
+    vals = [e[key] for e in log_history if key in e]
+    return float(vals[-1]) if vals else None

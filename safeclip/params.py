@@ -1,0 +1,180 @@
+"""pydantic models for every params.yaml section: the one source of truth for keys, types and ranges.
+
+Every stage validates the whole file at start, so a typo anywhere stops the run before hours are spent,
+with a message naming the key (`sft.learning_rate: ...`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Base(Section):
+    seed: NonNegInt = 0
+    profile: Literal["world", "paper"] = "world"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    scale: Annotated[float, Field(gt=0, le=1)] = 1.0  # CI runs the same DAG with sizes and steps x scale
+    num_threads: PosInt = 1  # torch intra-op threads per process
+    num_processes: PosInt = 1  # per machine, for `accelerate launch`
+    num_machines: PosInt = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class World(Section):
+    image_size: Literal[32, 64] = 32
+    glyph_fraction: Annotated[float, Field(gt=0.1, le=0.34)] = 0.32
+    size_jitter: NonNegInt = 1
+    position_jitter: NonNegInt = 1
+    colour_jitter: Annotated[int, Field(ge=0, le=60)] = 18
+    noise_std: Annotated[float, Field(ge=0, le=50)] = 6.0
+    max_objects: Annotated[int, Field(ge=1, le=2)] = 1
+
+
+class Ingest(Section):
+    pairs_file: str = "data/curated/world_pairs.jsonl"
+    val_fraction: Fraction = 0.2
+
+
+class WorldCaptions(Section):
+    n_train: PosInt = 2000
+    n_val: PosInt = 300
+    n_test: PosInt = 1000
+
+
+class CocoCaptions(Section):
+    annotations_train: str = "data/coco/annotations/captions_train2017.json"
+    annotations_val: str = "data/coco/annotations/captions_val2017.json"
+    images_train: str = "data/coco/train2017"
+    images_val: str = "data/coco/val2017"
+    test_fraction: Fraction = 0.5  # the test split is carved out of the val images
+    captions_per_image: PosInt = 1
+    max_images_per_split: PosInt | None = None
+
+
+class VisuHfCaptions(Section):
+    dataset: str = "aimagelab/ViSU-Text"  # hub id or a local folder/file (parquet, csv, json/jsonl)
+    revision: str | None = None
+    coco_images: str | None = None  # folder with COCO images named by coco_id, if the user has them
+    max_rows_per_split: PosInt | None = None
+
+
+class Captions(Section):
+    source: Literal["world", "coco", "visu-hf"] = "world"
+    world: WorldCaptions = WorldCaptions()
+    coco: CocoCaptions = CocoCaptions()
+    visu_hf: VisuHfCaptions = VisuHfCaptions()
+
+
+class WorldLlm(Section):
+    hidden_size: PosInt = 128
+    intermediate_size: PosInt = 256
+    num_layers: PosInt = 4
+    num_heads: PosInt = 4
+    max_position_embeddings: PosInt = 128
+    pretrain_captions: PosInt = 3000
+    pretrain_steps: PosInt = 400
+    batch_size: PosInt = 64
+    learning_rate: PosFloat = 1e-3
+
+
+class BaseLlm(Section):
+    source: str = "world"  # "world" trains a tiny Llama here; anything else is a hub id or a local path
+    revision: str | None = None
+    world: WorldLlm = WorldLlm()
+
+
+class Lora(Section):
+    r: PosInt = 16
+    alpha: PosFloat = 32
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class GenerationEval(Section):
+    max_new_tokens: PosInt = 32
+    batch_size: PosInt = 64
+    n_val_captions: PosInt = 200  # world: held-out captions (captions val split) judged by the oracle
+
+
+class Sft(Section):
+    finetune: Literal["full", "lora"] = "full"
+    lora: Lora = Lora()
+    epochs: PosFloat = 100
+    batch_size: PosInt = 16
+    gradient_accumulation_steps: PosInt = 1
+    learning_rate: PosFloat = 1e-3
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    max_length: PosInt = 128
+    save_steps: PosInt = 100
+    logging_steps: PosInt = 10
+    eval: GenerationEval = GenerationEval()
+
+
+class Params(Section):
+    base: Base = Base()
+    world: World = World()
+    ingest: Ingest = Ingest()
+    captions: Captions = Captions()
+    base_llm: BaseLlm = BaseLlm()
+    sft: Sft = Sft()
+
+
+
+class ParamsError(Exception):
+    """params.yaml is invalid; the message names every offending key."""
+
+
+def _explain(err: ValidationError, raw: dict) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent = Params
+            for part in e["loc"][:-1]:
+                ann = parent.model_fields.get(str(part))
+                parent = ann.annotation if ann and isinstance(ann.annotation, type) else None
+                if parent is None:
+                    break
+            known = list(parent.model_fields) if parent else []
+            hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            lines.append(f"{key}: unknown key" + (f" (did you mean '{hint[0]}'?)" if hint else
+                                                   f" (known: {', '.join(known)})" if known else ""))
+        else:
+            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as e:
+        raise ParamsError(f"{path}: file does not exist") from e
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(f"{path}: invalid parameters:\n{_explain(e, raw)}") from None
+
+
+def default_params_dict() -> dict:
+    return Params().model_dump(mode="json")

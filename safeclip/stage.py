@@ -1,0 +1,34 @@
+"""What every stage entry point does first: validate params.yaml, set up the process, report input errors."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Callable
+
+from safeclip.io import InputError
+from safeclip.params import Params, ParamsError, load_params
+from safeclip.runtime import setup
+
+
+def start(stage: str, argv: list[str] | None = None) -> tuple[Params, logging.Logger]:
+    ap = argparse.ArgumentParser(prog=f"stages.{stage}")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    params = load_params(args.params)
+    log = setup(stage, params.base.seed, params.base.num_threads, params.base.log_level)
+    return params, log
+
+
+def entry_point(fn: Callable[[], None]) -> Callable[[], None]:
+    """Turn user-input problems into a one-paragraph message and exit code 2, not a traceback."""
+    @functools.wraps(fn)
+    def wrapper() -> None:
+        try:
+            fn()
+        except (InputError, ParamsError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    return wrapper

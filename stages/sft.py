@@ -1,0 +1,61 @@
+"""sft: fine-tune the base LLM to rewrite safe captions into unsafe ones (trl SFTTrainer, full or LoRA)."""
+
+from pathlib import Path
+
+from safeclip.checkpoint import file_digest, fingerprint
+from safeclip.data.schemas import CAPTIONS, PAIRS
+from safeclip.io import atomic_dir, read_parquet, write_metrics, write_plot_csv
+from safeclip.llm.generate import rewrite
+from safeclip.llm.model import load_causal_lm
+from safeclip.llm.quality import rewrite_quality
+from safeclip.llm.sft import build_sft_trainer, merged_model, prompt_completion
+from safeclip.llm.training import last_value, loss_curve, train_resumably
+from safeclip.stage import entry_point, start
+
+CKPT = Path("checkpoints/sft")
+
+
+@entry_point
+def main() -> None:
+    params, log = start("sft")
+    cfg = params.sft
+    train = read_parquet("data/pairs/train.parquet", PAIRS)
+    val = read_parquet("data/pairs/val.parquet", PAIRS)
+    model, tok = load_causal_lm("models/base_llm")
+    epochs = max(1.0, cfg.epochs * params.base.scale)
+    trainer = build_sft_trainer(model, tok, prompt_completion(train), prompt_completion(val), cfg, params.base,
+                                CKPT, epochs)
+    fp = fingerprint("sft", cfg.model_dump(), params.base.model_dump(), file_digest("data/pairs"),
+                     file_digest("models/base_llm"))
+    train_resumably(trainer, CKPT, fp, log)
+    if not trainer.accelerator.is_main_process:
+        return
+    model = merged_model(trainer)
+    with atomic_dir("models/llm_sft") as out:
+        model.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+    history = trainer.state.log_history
+    metrics = {"sft.epochs": epochs, "sft.steps": trainer.state.global_step,
+               "sft.train_loss": last_value(history, "loss"), "sft.eval_loss": last_value(history, "eval_loss")}
+    if params.base.profile == "world":
+        metrics.update(world_quality(model, tok, val, cfg.eval, params.base.seed, log))
+    write_metrics("metrics/sft.json", metrics)
+    write_plot_csv("plots/sft.csv", loss_curve(history))
+
+
+def world_quality(model, tok, val_pairs, ev, seed: int, log) -> dict:
+    """Greedy rewrites of the val pairs and of held-out world captions, judged by the oracle."""
+    out = {}
+    captions = read_parquet("data/captions/val.parquet", CAPTIONS).column("caption").to_pylist()[:ev.n_val_captions]
+    for name, safe in (("val_pairs", val_pairs.column("safe").to_pylist()), ("val_captions", captions)):
+        gen = [g[0] for g in rewrite(model, tok, safe, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
+                                     seed=seed)]
+        q = rewrite_quality(safe, gen)
+        out.update({f"sft.{name}.{k}": v for k, v in q.items()})
+        log.info("%s (n=%d): parse %.1f%%, unsafe %.1f%%, scene kept %.1f%%; e.g. %r -> %r", name, q["n"],
+                 100 * q["parse"], 100 * q["unsafe"], 100 * q["scene_kept"], safe[0], gen[0])
+    return out
+
+
+if __name__ == "__main__":
+    main()
