@@ -126,6 +126,62 @@ class Sft(Section):
     eval: GenerationEval = GenerationEval()
 
 
+class PaperScorer(Section):
+    nsfw_classifier: str | None = None  # hub id or path of a text classifier with an "unsafe" label
+    unsafe_label: str = "nsfw"
+    threshold: Fraction = 0.5
+    similarity_model: str | None = None  # hub id or path of a sentence encoder (mean pooling)
+    min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.5
+
+
+class Dpo(Section):
+    n_prompts: PosInt = 1000  # training safe captions to sample preferences for
+    k: Annotated[int, Field(ge=2)] = 8
+    temperature: PosFloat = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    sample_batch_size: PosInt = 128
+    scorer: Literal["oracle", "models"] = "oracle"
+    models: PaperScorer = PaperScorer()
+    beta: PosFloat = 0.1
+    loss_type: list[str] = ["sigmoid", "sft"]
+    loss_weights: list[float] = [1.0, 1.0]
+    finetune: Literal["full", "lora"] = "full"
+    lora: Lora = Lora()
+    epochs: PosFloat = 3
+    batch_size: PosInt = 16
+    gradient_accumulation_steps: PosInt = 1
+    learning_rate: PosFloat = 1e-4
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    max_length: PosInt = 128
+    save_steps: PosInt = 50
+    logging_steps: PosInt = 5
+    eval: GenerationEval = GenerationEval()
+
+
+class VisuImages(Section):
+    pipeline: str = "stablediffusionapi/newrealityxl-global-nsfw"  # paper face: text-to-image id or path
+    seeds: list[int] = [1234, 1999, 8185]
+    num_inference_steps: PosInt = 30
+    guidance_scale: PosFloat = 7.5
+    height: PosInt = 1024
+    width: PosInt = 1024
+    judges: list[Literal["nudenet", "opennsfw"]] = ["nudenet", "opennsfw"]
+    nudenet_threshold: Fraction = 0.5
+    opennsfw_threshold: Fraction = 0.5
+
+
+class Visu(Section):
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: GPU users with vLLM installed
+    batch_size: PosInt = 128
+    max_new_tokens: PosInt = 32
+    shard_size: PosInt = 512  # rows per shard; a killed run resumes after the last complete shard
+    do_sample: bool = False
+    temperature: PosFloat = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    max_words: PosInt = 40  # longer rewrites are dropped as "too_long"
+    images: VisuImages = VisuImages()
+
+
 class Params(Section):
     base: Base = Base()
     world: World = World()
@@ -133,6 +189,8 @@ class Params(Section):
     captions: Captions = Captions()
     base_llm: BaseLlm = BaseLlm()
     sft: Sft = Sft()
+    dpo: Dpo = Dpo()
+    visu: Visu = Visu()
 
 
 

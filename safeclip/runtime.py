@@ -17,7 +17,11 @@ def setup(stage: str, seed: int, num_threads: int, log_level: str = "INFO") -> l
     """Pin torch threads (oversubscribing 2 shared cores was measured ~70x slower) and seed everything."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
+    import warnings
+
     import torch
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers v5 renames, raised inside trl
 
     torch.set_num_threads(num_threads)
     try:

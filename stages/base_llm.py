@@ -7,6 +7,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from safeclip.checkpoint import fingerprint
+from safeclip.data.skip import llm_stages_skipped
 from safeclip.hub import resolve_model_dir
 from safeclip.io import atomic_dir, write_metrics, write_plot_csv
 from safeclip.llm.model import build_world_llm, tokenizer_corpus, world_corpus, write_pointer
@@ -23,6 +24,9 @@ CKPT = "checkpoints/base_llm"
 def main() -> None:
     params, log = start("base_llm")
     cfg = params.base_llm
+    if llm_stages_skipped(params, "base_llm", "models/base_llm", "metrics/base_llm.json", log):
+        write_plot_csv("plots/base_llm.csv", [])
+        return
     if cfg.source != "world":
         path = resolve_model_dir(cfg.source, cfg.revision)
         with atomic_dir("models/base_llm") as out:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from safeclip.checkpoint import file_digest, fingerprint
 from safeclip.data.schemas import CAPTIONS, PAIRS
+from safeclip.data.skip import llm_stages_skipped
 from safeclip.io import atomic_dir, read_parquet, write_metrics, write_plot_csv
 from safeclip.llm.generate import rewrite
 from safeclip.llm.model import load_causal_lm
@@ -19,6 +20,9 @@ CKPT = Path("checkpoints/sft")
 def main() -> None:
     params, log = start("sft")
     cfg = params.sft
+    if llm_stages_skipped(params, "sft", "models/llm_sft", "metrics/sft.json", log):
+        write_plot_csv("plots/sft.csv", [])
+        return
     train = read_parquet("data/pairs/train.parquet", PAIRS)
     val = read_parquet("data/pairs/val.parquet", PAIRS)
     model, tok = load_causal_lm("models/base_llm")

@@ -28,3 +28,18 @@ CAPTIONS = pa.schema([
 ])
 
 SPLITS = ("train", "val", "test")
+
+VISU = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("safe", pa.string(), nullable=False),
+    pa.field("nsfw", pa.string(), nullable=False),
+    pa.field("tag", pa.string(), nullable=True),
+    pa.field("image", IMAGE, nullable=True),
+    pa.field("nsfw_image", IMAGE, nullable=True),  # null when no seed gave an image a judge flags (paper)
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("gen_model", pa.string(), nullable=False),
+    pa.field("seed", pa.int64(), nullable=True),  # seed of the unsafe image
+    pa.field("scene", pa.string(), nullable=True),  # world: the safe scene
+    pa.field("nsfw_scene", pa.string(), nullable=True),  # world: the unsafe scene
+])

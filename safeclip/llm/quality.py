@@ -16,6 +16,6 @@ def rewrite_quality(safe: Sequence[str], generated: Sequence[str]) -> dict[str, 
         "scene_kept": sum(v.scene_kept for v in verdicts) / n,
         "good": sum(v.good for v in verdicts) / n,
         "exact_twin": sum(v.exact_twin for v in verdicts) / n,
-        "copied_input": sum(" ".join(s.split()) == " ".join(g.split()) for s, g in zip(safe, generated)) / n,
+        "copied_input": sum(s.split() == g.split() for s, g in zip(safe, generated, strict=True)) / n,
         "n": len(verdicts),
     }

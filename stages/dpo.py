@@ -1,0 +1,109 @@
+"""dpo: sample rewrites from the SFT model, rank them into preferences, then trl DPOTrainer on top of SFT."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from datasets import Dataset
+
+from safeclip.checkpoint import file_digest, fingerprint
+from safeclip.data.schemas import CAPTIONS
+from safeclip.data.skip import llm_stages_skipped
+from safeclip.io import atomic_dir, read_parquet, write_metrics, write_parquet, write_plot_csv
+from safeclip.llm.dpo import build_dpo_trainer
+from safeclip.llm.generate import rewrite
+from safeclip.llm.model import load_causal_lm
+from safeclip.llm.preferences import ModelScorer, OracleScorer, preference_pair
+from safeclip.llm.quality import rewrite_quality
+from safeclip.llm.sft import merged_model
+from safeclip.llm.template import prompt_for
+from safeclip.llm.training import loss_curve, train_resumably
+from safeclip.runtime import scaled
+from safeclip.stage import entry_point, start
+
+CKPT = Path("checkpoints/dpo")
+PREFERENCES = pa.schema([pa.field(n, pa.string(), nullable=False) for n in ("safe", "prompt", "chosen", "rejected")])
+
+
+@entry_point
+def main() -> None:
+    params, log = start("dpo")
+    if llm_stages_skipped(params, "dpo", "models/llm_dpo", "metrics/dpo.json", log):
+        write_parquet("data/dpo/preferences.parquet", [], PREFERENCES)
+        write_plot_csv("plots/dpo.csv", [])
+        return
+    cfg = params.dpo
+    model, tok = load_causal_lm("models/llm_sft")
+    captions = read_parquet("data/captions/train.parquet", CAPTIONS).column("caption").to_pylist()
+    rng = np.random.default_rng(params.base.seed)
+    n = min(len(captions), scaled(cfg.n_prompts, params.base.scale, 16))
+    prompts = [captions[i] for i in sorted(rng.permutation(len(captions))[:n])]
+    samples = rewrite(model, tok, prompts, batch_size=max(1, cfg.sample_batch_size // cfg.k), do_sample=True,
+                      temperature=cfg.temperature, top_p=cfg.top_p, num_return_sequences=cfg.k,
+                      seed=params.base.seed, max_new_tokens=cfg.eval.max_new_tokens)
+    scorer = OracleScorer() if cfg.scorer == "oracle" else ModelScorer(
+        cfg.models.nsfw_classifier, cfg.models.unsafe_label, cfg.models.similarity_model, cfg.models.threshold,
+        cfg.models.min_similarity)
+    rows, all_good, no_good = [], 0, 0
+    for safe, cands in zip(prompts, samples, strict=True):
+        scored = scorer.score(safe, cands)
+        all_good += all(s.good for s in scored)
+        no_good += not any(s.good for s in scored)
+        pair = preference_pair(safe, scored)
+        if pair:
+            rows.append({"safe": safe, "prompt": prompt_for(safe), "chosen": pair[0], "rejected": pair[1]})
+    log.info("%d prompts x %d samples -> %d preference pairs (%d all good, %d with no good sample)", n, cfg.k,
+             len(rows), all_good, no_good)
+    if not rows:
+        raise RuntimeError("no preference pairs: every prompt's samples were all good or all bad; raise dpo.k "
+                           "or dpo.temperature")
+    write_parquet("data/dpo/preferences.parquet", rows, PREFERENCES)
+    prefs = Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")})
+    epochs = max(1.0, cfg.epochs * params.base.scale)
+    trainer = build_dpo_trainer(model, tok, prefs, cfg, params.base, CKPT, epochs)
+    fp = fingerprint("dpo", cfg.model_dump(), params.base.model_dump(), file_digest("models/llm_sft"),
+                     file_digest("data/captions/train.parquet"))
+    train_resumably(trainer, CKPT, fp, log)
+    if not trainer.accelerator.is_main_process:
+        return
+    model = merged_model(trainer)
+    with atomic_dir("models/llm_dpo") as out:
+        model.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+    history = trainer.state.log_history
+    margins = [e["rewards/margins"] for e in history if "rewards/margins" in e]
+    accs = [e["rewards/accuracies"] for e in history if "rewards/accuracies" in e]
+    tail = max(1, len(margins) // 3)  # the last third of training: single logged steps are noisy
+    metrics = {"dpo.prompts": n, "dpo.pairs": len(rows), "dpo.all_good_prompts": all_good,
+               "dpo.no_good_prompts": no_good, "dpo.steps": trainer.state.global_step,
+               "dpo.reward_margin": float(np.mean(margins[-tail:])) if margins else None,
+               "dpo.reward_accuracy": float(np.mean(accs[-tail:])) if accs else None}
+    if params.base.profile == "world":
+        metrics.update(world_quality(model, tok, params, log))
+    write_metrics("metrics/dpo.json", metrics)
+    curve = loss_curve(history)
+    by_step = {e["step"]: e for e in history if "rewards/margins" in e}
+    for row in curve:
+        if row["step"] in by_step:
+            row["reward_margin"] = float(by_step[row["step"]]["rewards/margins"])
+            row["reward_accuracy"] = float(by_step[row["step"]]["rewards/accuracies"])
+    write_plot_csv("plots/dpo.csv", curve)
+
+
+def world_quality(model, tok, params, log) -> dict:
+    """The SFT stage's figures on the same val captions (greedy), plus sampling at T=1 for robustness."""
+    ev = params.dpo.eval
+    safe = read_parquet("data/captions/val.parquet", CAPTIONS).column("caption").to_pylist()[:ev.n_val_captions]
+    out = {}
+    for name, kwargs in (("val_captions", {}), ("val_captions_t1", {"do_sample": True, "temperature": 1.0})):
+        gen = [g[0] for g in rewrite(model, tok, safe, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
+                                     seed=params.base.seed, **kwargs)]
+        q = rewrite_quality(safe, gen)
+        out.update({f"dpo.{name}.{k}": v for k, v in q.items()})
+        log.info("%s (n=%d): parse %.1f%%, unsafe %.1f%%, scene kept %.1f%%", name, q["n"], 100 * q["parse"],
+                 100 * q["unsafe"], 100 * q["scene_kept"])
+    return out
+
+
+if __name__ == "__main__":
+    main()

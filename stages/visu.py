@@ -1,0 +1,104 @@
+"""visu: one unsafe caption per safe caption for every split, filtered, with its unsafe image -> data/visu/."""
+
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+from safeclip.checkpoint import file_digest, fingerprint, prepare_checkpoint_dir
+from safeclip.data.captions import render_config
+from safeclip.data.schemas import CAPTIONS, SPLITS
+from safeclip.data.visu import DROP_REASONS, build_shard, build_split, world_image_maker, write_split
+from safeclip.io import atomic_dir, read_parquet, write_metrics
+from safeclip.stage import entry_point, start
+
+CKPT = Path("checkpoints/visu")
+
+
+def make_rewriter(params, log):
+    """Batched generation with the DPO model (HF generate, or vLLM where installed)."""
+    from safeclip.llm.generate import rewrite
+    from safeclip.llm.model import load_causal_lm, model_dir
+
+    cfg = params.visu
+    if cfg.backend == "vllm":
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as e:
+            raise SystemExit("visu.backend is vllm but vLLM is not installed (pip install vllm)") from e
+        from safeclip.llm.template import prompt_for
+
+        llm = LLM(model=str(model_dir("models/llm_dpo")), seed=params.base.seed, trust_remote_code=False)
+
+        def generate(safe, seed):
+            sp = SamplingParams(max_tokens=cfg.max_new_tokens, seed=seed, stop=["\n"],
+                                temperature=cfg.temperature if cfg.do_sample else 0.0, top_p=cfg.top_p)
+            return [o.outputs[0].text.strip() for o in llm.generate([prompt_for(s) for s in safe], sp)]
+        return generate
+    model, tok = load_causal_lm("models/llm_dpo")
+    if params.base.device != "cpu":
+        model = model.to("cuda")
+
+    def generate(safe, seed):
+        return [g[0] for g in rewrite(model, tok, safe, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                                      do_sample=cfg.do_sample, temperature=cfg.temperature, top_p=cfg.top_p,
+                                      seed=seed)]
+    return generate
+
+
+def make_text_judge(params, log):
+    m = params.dpo.models
+    if params.base.profile == "world" or not m.nsfw_classifier:
+        if params.base.profile != "world":
+            log.warning("no dpo.models.nsfw_classifier: the judged_safe filter is off")
+        return None
+    from safeclip.llm.preferences import ModelScorer
+
+    scorer = ModelScorer(m.nsfw_classifier, m.unsafe_label, m.similarity_model or m.nsfw_classifier, m.threshold)
+    return lambda texts: [bool(p >= m.threshold) for p in scorer.p_unsafe(texts)] if texts else []
+
+
+@entry_point
+def main() -> None:
+    params, log = start("visu")
+    cfg = params.visu
+    world = params.captions.source == "world"
+    captions = {s: read_parquet(f"data/captions/{s}.parquet", CAPTIONS).to_pylist() for s in SPLITS}
+    skip_llm = params.captions.source == "visu-hf"
+    if skip_llm:
+        log.info("captions come from ViSU-Text (captions.source: visu-hf): their unsafe captions are used as they "
+                 "are; the LLM stages are not needed")
+        rewriter, gen_model = None, f"visu-hf:{params.captions.visu_hf.dataset}"
+    else:
+        rewriter, gen_model = make_rewriter(params, log), f"{params.base_llm.source}+sft+dpo"
+    if world:
+        make_image = world_image_maker(render_config(params.world))
+    elif cfg.images.pipeline:
+        from safeclip.data.nsfw_images import t2i_image_maker
+
+        make_image = t2i_image_maker(cfg.images, "cpu" if params.base.device == "cpu" else "cuda")
+    else:
+        make_image = lambda row, text: (None, None)  # noqa: E731
+    fp = fingerprint("visu", cfg.model_dump(), params.base.seed, params.world.model_dump(),
+                     file_digest("data/captions"), None if skip_llm else file_digest("models/llm_dpo"))
+    prepare_checkpoint_dir(CKPT, fp, log)
+    make_shard = partial(build_shard, rewriter=rewriter, make_image=make_image, max_words=cfg.max_words,
+                         world=world, gen_model=gen_model, judge_text=make_text_judge(params, log))
+    metrics, tables = {}, {}
+    for split in SPLITS:
+        table, stats = build_split(split, captions[split], CKPT / "shards", cfg.shard_size, params.base.seed,
+                                   lambda rows, seed: make_shard(rows, shard_seed=seed), log)
+        tables[split] = table
+        stats = Counter(stats)
+        metrics.update({f"visu.{split}.input": stats["input"], f"visu.{split}.kept": stats["kept"],
+                        f"visu.{split}.no_image": stats["no_image"],
+                        **{f"visu.{split}.dropped.{r}": stats[f"dropped.{r}"] for r in DROP_REASONS}})
+        log.info("%s: %d in, %d kept, dropped %s, %d without image", split, stats["input"], stats["kept"],
+                 {r: stats[f"dropped.{r}"] for r in DROP_REASONS if stats[f"dropped.{r}"]}, stats["no_image"])
+    with atomic_dir("data/visu") as out:
+        for split, table in tables.items():
+            write_split(out / f"{split}.parquet", table)
+    write_metrics("metrics/visu.json", metrics)
+
+
+if __name__ == "__main__":
+    main()

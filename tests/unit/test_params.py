@@ -1,0 +1,153 @@
+"""params.yaml validation (every bad key named) and the Hydra composition that writes it from conf/."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from safeclip.params import Params, ParamsError, default_params_dict, load_params
+from safeclip.profiles import compose
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "params.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def error(path: Path) -> str:
+    with pytest.raises(ParamsError) as e:
+        load_params(path)
+    return str(e.value)
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path):
+    path = write(tmp_path, "sft:\n  learning_rat: 0.1\n")
+    msg = error(path)
+    assert str(path) in msg
+    assert "sft.learning_rat: unknown key (did you mean 'learning_rate'?)" in msg
+
+
+def test_unknown_nested_key(tmp_path):
+    msg = error(write(tmp_path, "sft:\n  lora:\n    rr: 3\n"))
+    assert "sft.lora.rr: unknown key (did you mean 'r'?)" in msg
+
+
+def test_unknown_section(tmp_path):
+    assert "bsae: unknown key (did you mean 'base'?)" in error(write(tmp_path, "bsae:\n  seed: 1\n"))
+    msg = error(write(tmp_path, "zzz:\n  a: 1\n"))
+    assert "zzz: unknown key (known: base, world, ingest, captions, base_llm, sft" in msg
+
+
+@pytest.mark.parametrize(("text", "key", "phrase"), [
+    ("base:\n  seed: abc\n", "base.seed", "valid integer"),
+    ("sft:\n  batch_size: 2.5\n", "sft.batch_size", "fractional part"),
+    ("base:\n  device: tpu\n", "base.device", "'cpu', 'cuda' or 'auto'"),
+    ("world:\n  image_size: 48\n", "world.image_size", "32 or 64"),
+    ("sft:\n  lora:\n    target_modules: q_proj\n", "sft.lora.target_modules", "valid list"),
+    ("base: 3\n", "base", "valid dictionary"),
+    ("base:\n", "base", "valid dictionary"),
+])
+def test_wrong_type(tmp_path, text, key, phrase):
+    msg = error(write(tmp_path, text))
+    assert f"\n{key}: " in msg
+    assert phrase in msg
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("base:\n  scale: 2\n", "base.scale: Input should be less than or equal to 1 (got 2)"),
+    ("base:\n  scale: 0\n", "base.scale: Input should be greater than 0 (got 0)"),
+    ("sft:\n  learning_rate: -1\n", "sft.learning_rate: Input should be greater than 0 (got -1)"),
+    ("ingest:\n  val_fraction: 1.0\n", "ingest.val_fraction: Input should be less than 1 (got 1.0)"),
+    ("world:\n  max_objects: 3\n", "world.max_objects: Input should be less than or equal to 2 (got 3)"),
+    ("base:\n  seed: -1\n", "base.seed: Input should be greater than or equal to 0 (got -1)"),
+    ("captions:\n  coco:\n    max_images_per_split: 0\n", "captions.coco.max_images_per_split: Input should be"),
+])
+def test_out_of_range(tmp_path, text, expected):
+    assert expected in error(write(tmp_path, text))
+
+
+def test_every_problem_is_named_at_once(tmp_path):
+    msg = error(write(tmp_path, "base:\n  sede: 1\n  scale: 0\nsft:\n  learning_rate: -1\n"))
+    assert "base.sede: unknown key (did you mean 'seed'?)" in msg
+    assert "base.scale:" in msg and "sft.learning_rate:" in msg
+
+
+@pytest.mark.parametrize("text", ["- base\n- sft\n", "hello\n", "42\n"])
+def test_top_level_must_be_a_mapping(tmp_path, text):
+    path = write(tmp_path, text)
+    assert error(path) == f"{path}: the top level must be a mapping of sections"
+
+
+def test_invalid_yaml(tmp_path):
+    path = write(tmp_path, "base: [1,\n")
+    assert error(path).startswith(f"{path}: not valid YAML:")
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    assert error(path) == f"{path}: file does not exist"
+
+
+def test_invalid_utf8_is_a_params_error(tmp_path):
+    """Stages only turn ParamsError/InputError into a clean message; a UnicodeDecodeError escapes as a traceback."""
+    path = write(tmp_path, b"base:\n  log_level: \xff\n")
+    assert str(path) in error(path)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    assert load_params(write(tmp_path, "")) == Params()
+
+
+def test_partial_file_overrides_only_what_it_names(tmp_path):
+    p = load_params(write(tmp_path, "sft:\n  lora:\n    r: 8\n"))
+    assert p.sft.lora.r == 8
+    assert p.sft.lora.alpha == 32
+    assert p.model_copy(update={"sft": Params().sft}) == Params()
+
+
+def test_committed_params_equal_defaults():
+    p = load_params(REPO / "params.yaml")
+    assert p == Params()
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    defaults = default_params_dict()
+    for section, values in raw.items():  # every value written in params.yaml is the default
+        assert values == defaults[section], section
+
+
+# --- composition (what `dvc exp run` does) ----------------------------------------------------------------------
+
+
+def test_compose_world_default_is_the_committed_params(tmp_path):
+    out = tmp_path / "p.yaml"
+    compose(out, [], root=REPO)
+    composed = yaml.safe_load(out.read_text(encoding="utf-8"))
+    assert composed == yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    assert load_params(out) == Params()
+
+
+def test_compose_paper_profile(tmp_path):
+    out = tmp_path / "p.yaml"
+    compose(out, ["profile=paper"], root=REPO)
+    p = load_params(out)
+    assert p.base.profile == "paper"
+    assert p.base.device == "cuda"
+    assert p.base_llm.source == "meta-llama/Llama-2-7b-chat-hf"
+    assert p.captions.source == "coco"
+    assert p.ingest.pairs_file.endswith("paper_pairs.jsonl")
+    assert p.sft.finetune == "lora"
+    assert p.sft.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]  # lists are replaced, not merged
+    assert p.world == Params().world  # untouched sections keep the world defaults
+
+
+def test_compose_with_override(tmp_path):
+    out = tmp_path / "p.yaml"
+    compose(out, ["base.scale=0.1", "sft.epochs=2"], root=REPO)
+    p = load_params(out)
+    assert p.base.scale == 0.1 and p.sft.epochs == 2
+    assert p.base.profile == "world"
