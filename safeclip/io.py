@@ -80,6 +80,8 @@ def write_metrics(path: str | os.PathLike, metrics: Mapping[str, float | int | s
     """Flat JSON with stable dotted names, so `dvc metrics diff` lines up across experiments."""
     flat = {}
     for k, v in metrics.items():
+        if hasattr(v, "item"):  # numpy and torch scalars
+            v = v.item()
         if isinstance(v, float) and not math.isfinite(v):
             v = None
         flat[k] = round(v, 6) if isinstance(v, float) else v

@@ -20,7 +20,7 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # strict: `batch_size: yes` is an error
 
 
 class Base(Section):
@@ -221,11 +221,15 @@ def _explain(err: ValidationError, raw: dict) -> str:
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ParamsError(f"{path}: file does not exist") from e
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not valid UTF-8 (byte {e.start}); save it as UTF-8") from e
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    if raw is None:  # an empty file: every default
+        raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: the top level must be a mapping of sections")
     try:

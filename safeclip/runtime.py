@@ -32,7 +32,7 @@ def setup(stage: str, seed: int, num_threads: int, log_level: str = "INFO") -> l
     np.random.seed(seed)
     torch.manual_seed(seed)
     rank = os.environ.get("RANK")
-    fmt = f"%(asctime)s {stage}{'[' + rank + ']' if rank else ''} %(levelname)s %(message)s"
+    fmt = f"%(asctime)s {stage}{f'[rank {rank}]' if rank else ''} %(levelname)s %(message)s"
     logging.basicConfig(level=log_level, format=fmt, datefmt="%H:%M:%S", force=True)
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging

@@ -26,7 +26,7 @@ def main() -> None:
     train = read_parquet("data/pairs/train.parquet", PAIRS)
     val = read_parquet("data/pairs/val.parquet", PAIRS)
     model, tok = load_causal_lm("models/base_llm")
-    epochs = max(1.0, cfg.epochs * params.base.scale)
+    epochs = cfg.epochs  # not scaled: the curated set is small already, and fewer epochs do not learn the task
     trainer = build_sft_trainer(model, tok, prompt_completion(train), prompt_completion(val), cfg, params.base,
                                 CKPT, epochs)
     fp = fingerprint("sft", cfg.model_dump(), params.base.model_dump(), file_digest("data/pairs"),

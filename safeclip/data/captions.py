@@ -78,7 +78,7 @@ def check_image(path: Path, where: str) -> None:
         raise InputError(f"{where}: image: file {path} is empty (0 bytes)")
     try:
         with Image.open(path) as im:
-            im.verify()
+            im.load()  # a full decode: verify() misses truncated JPEGs
     except Exception as e:
         raise InputError(f"{where}: image: file {path} is not a readable image ({e})") from e
 

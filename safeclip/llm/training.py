@@ -50,6 +50,7 @@ def common_args(base: Base, ckpt_dir: Path, *, save_steps: int, logging_steps: i
 def train_resumably(trainer, ckpt_dir: Path, fp: str, log: logging.Logger) -> None:
     """Resume from the last checkpoint when it was made under the same fingerprint, else start over."""
     state = trainer.accelerator.state
+    log.info("process %d of %d (%s)", state.process_index, state.num_processes, state.distributed_type)
     resume = prepare_checkpoint_dir(ckpt_dir, fp, log, is_main=state.is_main_process)
     state.wait_for_everyone()
     ckpt = last_checkpoint(ckpt_dir) if resume else None

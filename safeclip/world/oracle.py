@@ -41,8 +41,10 @@ def keeps_scene(safe: Scene, unsafe: Scene) -> bool:
 
 
 def is_exact_twin(safe: Scene, unsafe: Scene) -> bool:
-    return keeps_scene(safe, unsafe) and all(
-        UNSAFE_TWIN.get(s.name, s.name) == u.name for s, u in zip(safe.objects, unsafe.objects, strict=True))
+    """Same layout, and the object at each position is the twin of the safe object there."""
+    at = {o.position: o.name for o in unsafe.objects}
+    return keeps_scene(safe, unsafe) and all(UNSAFE_TWIN.get(s.name, s.name) == at[s.position]
+                                             for s in safe.objects)
 
 
 def judge_rewrite(safe_caption: str, generated: str) -> RewriteVerdict:

@@ -32,8 +32,13 @@ class Scene:
         return tuple(c for o in self.objects if (c := OBJECTS[o.name].concept))
 
     def layout(self) -> tuple:
-        """Everything but object identity: what a faithful unsafe rewrite must keep."""
-        return (self.background, tuple((o.colour, o.position) for o in self.objects))
+        """Everything but object identity: what a faithful unsafe rewrite must keep (in any listing order)."""
+        return (self.background, tuple(sorted((o.position, o.colour) for o in self.objects)))
+
+    def canonical(self) -> Scene:
+        """The same scene with objects listed in grid order, so equal scenes compare and hash equal."""
+        order = list(POSITIONS)
+        return Scene(self.background, tuple(sorted(self.objects, key=lambda o: order.index(o.position))))
 
     def with_objects(self, names: list[str]) -> Scene:
         return Scene(self.background, tuple(
@@ -82,4 +87,4 @@ def sample_scene(rng: np.random.Generator, object_names: tuple[str, ...], max_ob
     positions = rng.permutation(list(POSITIONS))[:n]
     objs = tuple(SceneObject(object_names[rng.integers(len(object_names))], colours[rng.integers(len(colours))],
                              str(p)) for p in positions)
-    return Scene(bg, objs)
+    return Scene(bg, objs).canonical()

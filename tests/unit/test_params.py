@@ -46,7 +46,7 @@ def test_unknown_section(tmp_path):
 
 @pytest.mark.parametrize(("text", "key", "phrase"), [
     ("base:\n  seed: abc\n", "base.seed", "valid integer"),
-    ("sft:\n  batch_size: 2.5\n", "sft.batch_size", "fractional part"),
+    ("sft:\n  batch_size: 2.5\n", "sft.batch_size", "valid integer"),
     ("base:\n  device: tpu\n", "base.device", "'cpu', 'cuda' or 'auto'"),
     ("world:\n  image_size: 48\n", "world.image_size", "32 or 64"),
     ("sft:\n  lora:\n    target_modules: q_proj\n", "sft.lora.target_modules", "valid list"),

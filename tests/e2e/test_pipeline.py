@@ -1,0 +1,99 @@
+"""The whole DAG at CI scale in a temporary copy of the repo: dvc repro, no-op repro, experiments, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCALE = "0.05"
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(cwd), "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def copy_repo(dst: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if rel.startswith(("metrics/", "plots/")) or rel == "dvc.lock" or not (ROOT / rel).exists():
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dst / rel)
+
+
+def metrics(repo: Path, name: str) -> dict:
+    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("repo")
+    copy_repo(repo)
+    run([sys.executable, "-m", "safeclip.profiles", f"base.scale={SCALE}"], repo)
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "ci"]):
+        run(cmd, repo)
+    run(["dvc", "repro"], repo)
+    return repo
+
+
+def test_repro_writes_every_output(repo: Path) -> None:
+    for path in ("data/pairs/train.parquet", "data/pairs/val.parquet", "data/captions/test.parquet",
+                 "models/base_llm/model.safetensors", "models/llm_sft/model.safetensors",
+                 "models/llm_dpo/model.safetensors", "data/dpo/preferences.parquet", "data/visu/train.parquet",
+                 "data/visu/val.parquet", "data/visu/test.parquet", "plots/sft.csv", "plots/dpo.csv"):
+        assert (repo / path).is_file(), path
+    ingest = metrics(repo, "ingest")
+    assert ingest["ingest.pairs"] == 100 and ingest["ingest.train"] + ingest["ingest.val"] == 100
+    sft = metrics(repo, "sft")
+    for key in ("sft.train_loss", "sft.eval_loss"):
+        assert sft[key] is not None and sft[key] > 0
+    for key in ("parse", "unsafe", "scene_kept"):
+        assert 0.0 <= sft[f"sft.val_captions.{key}"] <= 1.0
+    dpo = metrics(repo, "dpo")
+    assert dpo["dpo.pairs"] > 0 and 0.0 <= dpo["dpo.val_captions.parse"] <= 1.0
+    visu = metrics(repo, "visu")
+    for split in ("train", "val", "test"):
+        dropped = sum(v for k, v in visu.items() if k.startswith(f"visu.{split}.dropped."))
+        assert visu[f"visu.{split}.input"] == visu[f"visu.{split}.kept"] + dropped > 0
+
+
+def test_second_repro_does_nothing(repo: Path) -> None:
+    out = run(["dvc", "repro"], repo).stdout
+    assert "Data and pipelines are up to date" in out
+    assert "Running stage" not in out
+
+
+def test_metrics_show_and_experiment_diff(repo: Path) -> None:
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    text = json.dumps(shown)
+    assert "ingest.pairs" in text and "sft.train_loss" in text
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "baseline"], repo)
+    run(["dvc", "exp", "run", "-S", "sft.learning_rate=0.003"], repo)
+    params = (repo / "params.yaml").read_text()
+    assert "learning_rate: 0.003" in params
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
+    assert any("sft.train_loss" in names for names in diff.values()), diff
+
+
+def test_sft_with_two_processes(repo: Path) -> None:
+    run([sys.executable, "-m", "safeclip.profiles", f"base.scale={SCALE}", "base.num_processes=2"], repo)
+    (repo / "models/llm_sft/model.safetensors").unlink()
+    proc = run([sys.executable, "-m", "safeclip.launch", "stages.sft"], repo)
+    assert "[rank 1]" in proc.stderr and "process 1 of 2" in proc.stderr, proc.stderr[-3000:]
+    assert (repo / "models/llm_sft/model.safetensors").is_file()
+    assert metrics(repo, "sft")["sft.steps"] > 0
