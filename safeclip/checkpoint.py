@@ -12,6 +12,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from safeclip.io import write_text
+
 FINGERPRINT = "fingerprint.json"
 
 
@@ -38,9 +40,14 @@ def prepare_checkpoint_dir(ckpt_dir: str | Path, fp: str, log: logging.Logger, i
     """
     ckpt_dir = Path(ckpt_dir)
     stored = ckpt_dir / FINGERPRINT
-    if stored.exists():
-        if json.loads(stored.read_text()).get("fingerprint") == fp:
-            return True
+    try:
+        previous = json.loads(stored.read_text()).get("fingerprint") if stored.exists() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        previous = None
+        log.warning("checkpoint fingerprint %s is unreadable: starting over", stored)
+    if previous == fp:
+        return True
+    if previous is not None:
         log.warning("checkpoint in %s was made under different params or inputs: not resuming, starting over",
                     ckpt_dir)
     elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
@@ -48,7 +55,7 @@ def prepare_checkpoint_dir(ckpt_dir: str | Path, fp: str, log: logging.Logger, i
     if is_main:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        stored.write_text(json.dumps({"fingerprint": fp}) + "\n")
+        write_text(stored, json.dumps({"fingerprint": fp}) + "\n")
     return False
 
 

@@ -89,6 +89,8 @@ def build_split(split: str, rows: list[dict], shard_dir: Path, shard_size: int, 
                 log: logging.Logger) -> tuple[pa.Table, Counter]:
     """All shards of a split, reusing complete ones from an earlier (killed) run."""
     shard_dir.mkdir(parents=True, exist_ok=True)
+    for stale in shard_dir.glob(f".{split}-*.tmp"):  # left by a run killed mid-write
+        stale.unlink()
     tables, total = [], Counter()
     n_shards = (len(rows) + shard_size - 1) // shard_size
     reused = 0
