@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
 
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback, TrainerCallback, TrainerState
 
 from safeclip.checkpoint import last_checkpoint, prepare_checkpoint_dir
 from safeclip.params import Base
@@ -54,12 +55,23 @@ def train_resumably(trainer, ckpt_dir: Path, fp: str, log: logging.Logger) -> No
     resume = prepare_checkpoint_dir(ckpt_dir, fp, log, is_main=state.is_main_process)
     state.wait_for_everyone()
     ckpt = last_checkpoint(ckpt_dir) if resume else None
+    trainer.remove_callback(PrinterCallback)
+    if ckpt and _finished(Path(ckpt)):
+        # resuming a finished run would take one extra step in transformers 5.23: load it as it ended instead
+        log.info("training had finished in %s: loading it instead of training again", ckpt)
+        trainer._load_from_checkpoint(ckpt)
+        trainer.state = TrainerState.load_from_json(str(Path(ckpt) / "trainer_state.json"))
+        return
     if ckpt:
         log.info("resuming from %s", ckpt)
-    trainer.remove_callback(PrinterCallback)
     trainer.add_callback(LogToLogger(log))
     trainer.add_callback(StopOnNonFinite())
     trainer.train(resume_from_checkpoint=ckpt)
+
+
+def _finished(ckpt: Path) -> bool:
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
 
 
 def loss_curve(log_history: list[dict]) -> list[dict]:
