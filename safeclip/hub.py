@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from safeclip.io import InputError
 
+POINTER = "resolved.json"  # a model folder that says where the weights are, instead of a multi-GB copy
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
@@ -74,3 +76,20 @@ def load_text_dataset(source: str, revision: str | None = None):
         hint = (" It is not in the local cache and HF_HUB_OFFLINE=1: download it where there is access and copy "
                 "the cache, or point the param at a local folder.") if offline() and not path.exists() else ""
         raise InputError(f"{source}: could not load the dataset ({type(e).__name__}: {e}).{hint}") from e
+
+
+def write_pointer(out_dir: Path, source: str, revision: str | None, resolved: Path) -> None:
+    (out_dir / POINTER).write_text(json.dumps({"source": source, "revision": revision,
+                                               "resolved_path": str(resolved)}, indent=2) + "\n")
+
+
+def model_dir(path: str | Path, allow_pickle: bool = False) -> Path:
+    """The folder with weights for `path`: itself, or what its pointer file resolves to."""
+    path = Path(path)
+    pointer = path / POINTER
+    if pointer.exists():
+        info = json.loads(pointer.read_text())
+        return resolve_model_dir(info["source"], info.get("revision"), allow_pickle)
+    if not path.exists():
+        raise InputError(f"{path}: model folder does not exist")
+    return resolve_model_dir(str(path), allow_pickle=allow_pickle)

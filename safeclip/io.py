@@ -88,9 +88,9 @@ def write_metrics(path: str | os.PathLike, metrics: Mapping[str, float | int | s
     write_json(path, flat)
 
 
-def write_plot_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, float | int]]) -> None:
-    """CSV with a `step` column first (DVC plots read it as the x axis)."""
-    cols = ["step"] + sorted({k for r in rows for k in r} - {"step"})
+def write_plot_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, float | int]], x: str = "step") -> None:
+    """CSV with the x column (`step` for training curves) first, as DVC plots read it."""
+    cols = [x] + sorted({k for r in rows for k in r} - {x})
     lines = [",".join(cols)]
     for r in rows:
         lines.append(",".join("" if r.get(c) is None else f"{r[c]:.6g}" if isinstance(r.get(c), float)

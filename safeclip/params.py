@@ -182,6 +182,86 @@ class Visu(Section):
     images: VisuImages = VisuImages()
 
 
+class WorldClip(Section):
+    """The world's tiny CLIP: both towers hidden 64, 2 layers, patch 4 on 32 px (~0.15M params, calibrated)."""
+    hidden_size: PosInt = 64
+    intermediate_size: PosInt = 128
+    num_layers: PosInt = 2
+    num_heads: PosInt = 4
+    projection_dim: PosInt = 64
+    patch_size: PosInt = 4
+    max_length: PosInt = 32  # text positions; a one-object caption is 13 tokens with BOS/EOS
+    renders_per_scene: PosInt = 10  # nuisance re-renders of each training scene (the world's augmentation)
+    steps: PosInt = 1000
+    batch_size: PosInt = 256
+    learning_rate: PosFloat = 2e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.05
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    grad_clip: PosFloat = 1.0
+    max_logit_scale: PosFloat = 100.0
+    save_every: PosInt = 200
+
+
+class BaseClip(Section):
+    # "world" trains a tiny CLIP here; an HF hub id or local folder loads a CLIPModel; "open_clip:ARCH",
+    # "open_clip:ARCH/TAG" or "open_clip:ARCH//path/weights.safetensors" converts an open_clip model.
+    source: str = "world"
+    revision: str | None = None
+    world: WorldClip = WorldClip()
+
+
+class ClipLora(Section):
+    r: PosInt = 16
+    # The paper uses alpha 1 (scale 1/16). Under Adam alpha/r scales the step, and on the tiny world model
+    # alpha 1 at lr 1e-3 learns ~3x too slowly for a 2-3 minute budget; alpha 16 (scale 1) was calibrated.
+    alpha: PosFloat = 16.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    target_modules: list[str] = ["k_proj", "v_proj", "out_proj", "fc1", "fc2", "patch_embedding"]
+
+
+class SafeClipMethod(Section):
+    lora: ClipLora = ClipLora()
+    # (cos.text_safe, cos.text_unsafe, cos.image_safe, cos.image_unsafe,
+    #  nce.text_safe, nce.text_unsafe, nce.image_safe, nce.image_unsafe); normalised to sum 1, total / 8.
+    lambdas: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=8, max_length=8)] = [
+        0.1, 0.1, 0.1, 0.2, 0.25, 0.25, 0.25, 0.5]
+    logit_scale: PosFloat = 100.0
+    # frozen: T0/V0 are a frozen copy of the base (the paper's design). stopgrad_current: the current LoRA
+    # model under no_grad, in train mode, as the released script actually computes them (shared weights).
+    reference: Literal["frozen", "stopgrad_current"] = "frozen"
+    learning_rate: PosFloat = 1e-3
+    batch_size: PosInt = 128  # global, split across processes
+    max_steps: PosInt | None = 300  # None: run max_epochs (with early stopping)
+    max_epochs: PosInt = 50
+    eval_every: PosInt = 50  # steps between validation passes (and checkpoints)
+    patience: PosInt = 5  # validation passes without a better loss or recall-sum before stopping
+    keep: Literal["last", "best_recall", "best_loss"] = "last"  # world: consecutive evals vary +-3-5 points
+
+
+class MakeSafe(Section):
+    safe_clip: SafeClipMethod = SafeClipMethod()
+
+
+class ZeroShotSet(Section):
+    name: str
+    path: str  # an ImageFolder layout: one sub-folder per class, named by the class
+    templates: Literal["openai", "simple"] = "openai"  # open_clip's ImageNet template sets
+
+
+class ZeroShot(Section):
+    datasets: list[ZeroShotSet] = []  # paper face: classification sets the user has locally
+
+
+class Evaluate(Section):
+    batch_size: PosInt = 256
+    ks: list[PosInt] = [1, 5, 10, 20]
+    unsafe_ks: list[PosInt] = [1, 10]
+    zeroshot: ZeroShot = ZeroShot()
+
+
+MethodName = Literal["safe_clip"]
+
+
 class Params(Section):
     base: Base = Base()
     world: World = World()
@@ -191,6 +271,10 @@ class Params(Section):
     sft: Sft = Sft()
     dpo: Dpo = Dpo()
     visu: Visu = Visu()
+    base_clip: BaseClip = BaseClip()
+    methods: list[MethodName] = ["safe_clip"]  # make_safe@m and eval_*@m; the base CLIP is always evaluated
+    make_safe: MakeSafe = MakeSafe()
+    evaluate: Evaluate = Evaluate()
 
 
 

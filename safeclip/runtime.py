@@ -9,6 +9,10 @@ import random
 import numpy as np
 
 
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf loss; nothing is saved as final."""
+
+
 def get_logger(stage: str) -> logging.Logger:
     return logging.getLogger(f"safeclip.{stage}")
 
@@ -43,7 +47,7 @@ def setup(stage: str, seed: int, num_threads: int, log_level: str = "INFO") -> l
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub"):
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return get_logger(stage)
 

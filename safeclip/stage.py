@@ -16,7 +16,7 @@ from safeclip.runtime import setup
 def start(stage: str, argv: list[str] | None = None) -> tuple[Params, logging.Logger]:
     ap = argparse.ArgumentParser(prog=f"stages.{stage}")
     ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
+    args, _ = ap.parse_known_args(argv)  # matrix stages add their own flags (see `option`)
     params = load_params(args.params)
     log = setup(stage, params.base.seed, params.base.num_threads, params.base.log_level)
     return params, log
@@ -32,3 +32,11 @@ def entry_point(fn: Callable[[], None]) -> Callable[[], None]:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
     return wrapper
+
+
+def option(name: str, choices: list[str] | None = None, argv: list[str] | None = None) -> str:
+    """A required `--name VALUE` flag of a matrix stage (e.g. `--method safe_clip`)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument(f"--{name}", required=True, choices=choices)
+    args, _ = ap.parse_known_args(argv)
+    return getattr(args, name)

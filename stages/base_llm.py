@@ -10,12 +10,12 @@ from safeclip.checkpoint import fingerprint
 from safeclip.data.skip import llm_stages_skipped
 from safeclip.hub import resolve_model_dir
 from safeclip.io import atomic_dir, write_metrics, write_plot_csv
-from safeclip.llm.model import build_world_llm, tokenizer_corpus, world_corpus, write_pointer
-from safeclip.llm.tokenizer import train_word_tokenizer
+from safeclip.llm.model import build_world_llm, save_model_dir, tokenizer_corpus, world_corpus, write_pointer
 from safeclip.llm.training import common_args, last_value, loss_curve, train_resumably
 from safeclip.runtime import scaled
 from safeclip.stage import entry_point, start
 from safeclip.world.grammar import parse
+from safeclip.world.tokenizer import train_word_tokenizer
 
 CKPT = "checkpoints/base_llm"
 
@@ -61,9 +61,7 @@ def main() -> None:
                              eos_token_id=tok.eos_token_id)
     samples = tok.batch_decode(ids[:, 1:], skip_special_tokens=True)
     grammatical = sum(parse(s) is not None for s in samples) / n
-    with atomic_dir("models/base_llm") as out:
-        model.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
+    save_model_dir(model, tok, "models/base_llm")
     history = trainer.state.log_history
     write_metrics("metrics/base_llm.json", {"base_llm.pretrain_steps": steps,
                                             "base_llm.final_loss": last_value(history, "loss"),

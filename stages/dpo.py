@@ -9,10 +9,10 @@ from datasets import Dataset
 from safeclip.checkpoint import file_digest, fingerprint
 from safeclip.data.schemas import CAPTIONS
 from safeclip.data.skip import llm_stages_skipped
-from safeclip.io import atomic_dir, read_parquet, write_metrics, write_parquet, write_plot_csv
+from safeclip.io import read_parquet, write_metrics, write_parquet, write_plot_csv
 from safeclip.llm.dpo import build_dpo_trainer
 from safeclip.llm.generate import rewrite
-from safeclip.llm.model import load_causal_lm
+from safeclip.llm.model import load_causal_lm, save_model_dir
 from safeclip.llm.preferences import ModelScorer, OracleScorer, preference_pair
 from safeclip.llm.quality import rewrite_quality
 from safeclip.llm.sft import merged_model
@@ -67,9 +67,7 @@ def main() -> None:
     if not trainer.accelerator.is_main_process:
         return
     model = merged_model(trainer)
-    with atomic_dir("models/llm_dpo") as out:
-        model.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
+    save_model_dir(model, tok, "models/llm_dpo")
     history = trainer.state.log_history
     margins = [e["rewards/margins"] for e in history if "rewards/margins" in e]
     accs = [e["rewards/accuracies"] for e in history if "rewards/accuracies" in e]

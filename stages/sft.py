@@ -5,9 +5,9 @@ from pathlib import Path
 from safeclip.checkpoint import file_digest, fingerprint
 from safeclip.data.schemas import CAPTIONS, PAIRS
 from safeclip.data.skip import llm_stages_skipped
-from safeclip.io import atomic_dir, read_parquet, write_metrics, write_plot_csv
+from safeclip.io import read_parquet, write_metrics, write_plot_csv
 from safeclip.llm.generate import rewrite
-from safeclip.llm.model import load_causal_lm
+from safeclip.llm.model import load_causal_lm, save_model_dir
 from safeclip.llm.quality import rewrite_quality
 from safeclip.llm.sft import build_sft_trainer, merged_model, prompt_completion
 from safeclip.llm.training import last_value, loss_curve, train_resumably
@@ -35,9 +35,7 @@ def main() -> None:
     if not trainer.accelerator.is_main_process:
         return
     model = merged_model(trainer)
-    with atomic_dir("models/llm_sft") as out:
-        model.save_pretrained(out, safe_serialization=True)
-        tok.save_pretrained(out)
+    save_model_dir(model, tok, "models/llm_sft")
     history = trainer.state.log_history
     metrics = {"sft.epochs": epochs, "sft.steps": trainer.state.global_step,
                "sft.train_loss": last_value(history, "loss"), "sft.eval_loss": last_value(history, "eval_loss")}

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from safeclip.hub import resolve_model_dir
-from safeclip.io import InputError
+from safeclip.hub import POINTER, model_dir, write_pointer  # noqa: F401 (re-exported for the stages)
+from safeclip.io import atomic_dir
 from safeclip.llm.template import PROMPT
 from safeclip.params import WorldLlm
 from safeclip.world.catalogue import OBJECTS
 from safeclip.world.grammar import caption, vocabulary
 from safeclip.world.scene import sample_scene
-
-POINTER = "resolved.json"  # models/base_llm in the paper face: where the weights are, not a 13 GB copy
 
 
 def world_corpus(n: int, seed: int, max_objects: int) -> list[str]:
@@ -40,23 +37,6 @@ def build_world_llm(cfg: WorldLlm, tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def write_pointer(out_dir: Path, source: str, revision: str | None, resolved: Path) -> None:
-    (out_dir / POINTER).write_text(json.dumps({"source": source, "revision": revision,
-                                               "resolved_path": str(resolved)}, indent=2) + "\n")
-
-
-def model_dir(path: str | Path, allow_pickle: bool = False) -> Path:
-    """The folder with weights for `path`: itself, or what its pointer file resolves to."""
-    path = Path(path)
-    pointer = path / POINTER
-    if pointer.exists():
-        info = json.loads(pointer.read_text())
-        return resolve_model_dir(info["source"], info.get("revision"), allow_pickle)
-    if not path.exists():
-        raise InputError(f"{path}: model folder does not exist")
-    return resolve_model_dir(str(path), allow_pickle=allow_pickle)
-
-
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
     """(model, tokenizer), safetensors only and never remote code."""
     d = model_dir(path, allow_pickle)
@@ -66,3 +46,12 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, allow_p
     model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype, trust_remote_code=False,
                                                  use_safetensors=not allow_pickle)
     return model, tok
+
+
+def save_model_dir(model, tokenizer, path: str | Path) -> None:
+    """Merge LoRA adapters if any, then write model and tokenizer (safetensors) as one atomic folder."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    with atomic_dir(path) as out:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)

@@ -11,10 +11,7 @@ from transformers import PrinterCallback, TrainerCallback, TrainerState
 
 from safeclip.checkpoint import last_checkpoint, prepare_checkpoint_dir
 from safeclip.params import Base
-
-
-class NonFiniteLoss(RuntimeError):
-    """Training produced a NaN/inf loss; nothing is saved as final."""
+from safeclip.runtime import NonFiniteLoss  # noqa: F401 (raised here, caught by callers)
 
 
 class StopOnNonFinite(TrainerCallback):

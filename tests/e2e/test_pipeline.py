@@ -54,7 +54,10 @@ def test_repro_writes_every_output(repo: Path) -> None:
     for path in ("data/pairs/train.parquet", "data/pairs/val.parquet", "data/captions/test.parquet",
                  "models/base_llm/model.safetensors", "models/llm_sft/model.safetensors",
                  "models/llm_dpo/model.safetensors", "data/dpo/preferences.parquet", "data/visu/train.parquet",
-                 "data/visu/val.parquet", "data/visu/test.parquet", "plots/sft.csv", "plots/dpo.csv"):
+                 "data/visu/val.parquet", "data/visu/test.parquet", "plots/sft.csv", "plots/dpo.csv",
+                 "models/base_clip/model.safetensors", "models/safe/safe_clip/model.safetensors",
+                 "data/embeddings/none.safetensors", "data/embeddings/safe_clip.safetensors",
+                 "plots/make_safe/safe_clip.csv", "plots/retrieval/none.csv", "plots/retrieval/safe_clip.csv"):
         assert (repo / path).is_file(), path
     ingest = metrics(repo, "ingest")
     assert ingest["ingest.pairs"] == 100 and ingest["ingest.train"] + ingest["ingest.val"] == 100
@@ -69,6 +72,17 @@ def test_repro_writes_every_output(repo: Path) -> None:
     for split in ("train", "val", "test"):
         dropped = sum(v for k, v in visu.items() if k.startswith(f"visu.{split}.dropped."))
         assert visu[f"visu.{split}.input"] == visu[f"visu.{split}.kept"] + dropped > 0
+    assert metrics(repo, "base_clip")["base_clip.pretrain_steps"] > 0
+    assert metrics(repo, "make_safe/safe_clip")["make_safe.safe_clip.steps"] > 0
+    for model in ("none", "safe_clip"):
+        retrieval = metrics(repo, f"retrieval/{model}")
+        for key in ("retrieval.t_to_v.r1", "retrieval.t_star_to_v.r1", "retrieval.v_star_to_t.r20",
+                    "unsafe_retrieved.unsafe_text.top1", "safeground.GS"):
+            assert 0.0 <= retrieval[key] <= 100.0, (model, key)
+        assert retrieval["retrieval.t_to_v.r1"] <= retrieval["retrieval.t_to_v.r20"]
+        zeroshot = metrics(repo, f"zeroshot/{model}")
+        assert 0.0 <= zeroshot["zeroshot.object"] <= 100.0 and 0.0 <= zeroshot["zeroshot.colour"] <= 100.0
+    assert "text_only.t_star_to_v.r1" in metrics(repo, "retrieval/safe_clip")
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:
@@ -81,13 +95,17 @@ def test_metrics_show_and_experiment_diff(repo: Path) -> None:
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
     assert "ingest.pairs" in text and "sft.train_loss" in text
+    # base and method side by side
+    assert "metrics/retrieval/none.json" in text and "metrics/retrieval/safe_clip.json" in text
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "baseline"], repo)
-    run(["dvc", "exp", "run", "-S", "sft.learning_rate=0.003"], repo)
+    out = run(["dvc", "exp", "run", "-S", "make_safe.safe_clip.learning_rate=0.003"], repo).stdout
+    assert "Running stage 'make_safe@safe_clip'" in out and "Running stage 'sft'" not in out
     params = (repo / "params.yaml").read_text()
     assert "learning_rate: 0.003" in params
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
-    assert any("sft.train_loss" in names for names in diff.values()), diff
+    changed = {name for names in diff.values() for name in names}
+    assert "retrieval.t_star_to_v.r1" in changed or "make_safe.safe_clip.val_loss" in changed, diff
 
 
 def test_sft_with_two_processes(repo: Path) -> None:
@@ -97,3 +115,12 @@ def test_sft_with_two_processes(repo: Path) -> None:
     assert "[rank 1]" in proc.stderr and "process 1 of 2" in proc.stderr, proc.stderr[-3000:]
     assert (repo / "models/llm_sft/model.safetensors").is_file()
     assert metrics(repo, "sft")["sft.steps"] > 0
+
+
+def test_make_safe_with_two_processes(repo: Path) -> None:
+    run([sys.executable, "-m", "safeclip.profiles", f"base.scale={SCALE}", "base.num_processes=2"], repo)
+    shutil.rmtree(repo / "models/safe/safe_clip")
+    proc = run([sys.executable, "-m", "safeclip.launch", "stages.make_safe", "--method", "safe_clip"], repo)
+    assert "[rank 1]" in proc.stderr, proc.stderr[-3000:]
+    assert (repo / "models/safe/safe_clip/model.safetensors").is_file()
+    assert metrics(repo, "make_safe/safe_clip")["make_safe.safe_clip.steps"] > 0

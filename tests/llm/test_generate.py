@@ -9,8 +9,8 @@ from safeclip.io import InputError
 from safeclip.llm.generate import rewrite
 from safeclip.llm.model import build_world_llm, load_causal_lm, tokenizer_corpus
 from safeclip.llm.template import prompt_for
-from safeclip.llm.tokenizer import train_word_tokenizer
 from safeclip.params import WorldLlm
+from safeclip.world.tokenizer import train_word_tokenizer
 
 CAPTIONS = [
     "a red circle on the left on a blue background",

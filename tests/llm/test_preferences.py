@@ -10,7 +10,7 @@ from safeclip.llm.generate import clean_completion
 from safeclip.llm.model import tokenizer_corpus
 from safeclip.llm.preferences import ModelScorer, OracleScorer, Scored, preference_pair
 from safeclip.llm.quality import rewrite_quality
-from safeclip.llm.tokenizer import train_word_tokenizer
+from safeclip.world.tokenizer import train_word_tokenizer
 
 SAFE = "a red circle on the left on a blue background"
 TWIN = "a red gun on the left on a blue background"  # exact unsafe twin: unsafe and on-scene

@@ -1,0 +1,93 @@
+"""What every CLIP training loop shares: the process layout, deterministic batches, resumable state.
+
+Batches come from a per-epoch permutation seeded by (seed, epoch), so the data order at any step is a pure
+function of the step: a resumed run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from safeclip.checkpoint import prepare_checkpoint_dir
+from safeclip.io import write_json
+from safeclip.params import Base
+from safeclip.runtime import NonFiniteLoss
+
+
+def make_accelerator(base: Base):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=base.device == "cpu", mixed_precision=base.mixed_precision)
+
+
+def global_batch(step: int, n_items: int, batch_size: int, seed: int) -> np.ndarray:
+    """Indices of the global batch at `step`: consecutive slices of a (seed, epoch) permutation, last partial
+    slice dropped (InfoNCE wants full batches)."""
+    per_epoch = max(1, n_items // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n_items)
+    return perm[k * batch_size:(k + 1) * batch_size]
+
+
+def local_slice(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This process's share of the global batch (contiguous, so the concatenation over ranks is the batch)."""
+    return np.array_split(indices, world_size)[rank]
+
+
+def check_finite(loss: torch.Tensor, step: int, terms: dict[str, torch.Tensor | float]) -> None:
+    if not math.isfinite(float(loss.detach())):
+        shown = {k: round(float(v.detach() if hasattr(v, 'detach') else v), 6) for k, v in terms.items()}
+        raise NonFiniteLoss(f"non-finite loss {float(loss)} at step {step}; terms: {shown}. Nothing was saved "
+                            "as final: lower the learning rate or check the inputs")
+
+
+class TrainState:
+    """accelerate's save_state (model, optimizer, scheduler, RNG) plus a progress record, in a checkpoint folder
+    that is reused only when its fingerprint matches this run."""
+
+    def __init__(self, accelerator, ckpt_dir: str | Path, fp: str, log: logging.Logger):
+        self.acc, self.dir, self.log = accelerator, Path(ckpt_dir), log
+        self.resumable = prepare_checkpoint_dir(self.dir, fp, log, accelerator.is_main_process)
+        accelerator.wait_for_everyone()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.dir / "state"
+
+    def load(self) -> dict | None:
+        """The saved progress (and every prepared object restored), or None to start from scratch."""
+        if not self.resumable:
+            return None
+        # A kill between the two renames of save() leaves the previous complete state in state.old.
+        for d in (self.dir / "state", self.dir / "state.old"):
+            if (d / "progress.json").exists():
+                self.acc.load_state(str(d))
+                info = json.loads((d / "progress.json").read_text())
+                self.log.info("resuming from the checkpoint at step %d", info["step"])
+                return info
+        return None
+
+    def save(self, progress: dict) -> None:
+        """State and progress into a fresh folder, swapped in by rename: a kill leaves one complete state."""
+        tmp, state, old = self.dir / "state.tmp", self.dir / "state", self.dir / "state.old"
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp))
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            write_json(tmp / "progress.json", progress)
+            if state.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(state, old)
+            os.replace(tmp, state)
+            shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()

@@ -1,0 +1,79 @@
+"""ViSU quadruples (t, v, t*, v*) ready for a CLIP: tokenised once, images decoded per batch or cached.
+
+Small datasets (the world's: ~50 MB of pixels) are decoded once and kept as tensors; large ones (ViSU with
+COCO images) are decoded batch by batch, so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from safeclip.clip.model import ClipBundle, pixel_values, tokenize
+from safeclip.data.schemas import VISU
+from safeclip.io import InputError, read_parquet
+
+PIXEL_CACHE_LIMIT = 2 * 1024**3  # bytes of float32 pixels kept in memory
+
+
+@dataclass
+class Quadruples:
+    ids: list[str]
+    safe_text: list[str]
+    unsafe_text: list[str]
+    safe_images: list
+    unsafe_images: list
+    tags: list[str | None]
+    tokens_safe: dict[str, torch.Tensor]
+    tokens_unsafe: dict[str, torch.Tensor]
+    bundle: ClipBundle
+    where: str
+    _pixels: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def pixels(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pixels is not None:
+            i = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+            return self._pixels[0][i], self._pixels[1][i]
+        proc = self.bundle.image_processor
+        return (pixel_values(proc, [self.safe_images[i] for i in idx], f"{self.where}: image"),
+                pixel_values(proc, [self.unsafe_images[i] for i in idx], f"{self.where}: nsfw_image"))
+
+    def batch(self, idx: Sequence[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        i = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        safe_px, unsafe_px = self.pixels(idx)
+        out = {f"safe_{k}": v[i] for k, v in self.tokens_safe.items()}
+        out |= {f"unsafe_{k}": v[i] for k, v in self.tokens_unsafe.items()}
+        out |= {"safe_pixels": safe_px, "unsafe_pixels": unsafe_px}
+        return {k: v.to(device) for k, v in out.items()}
+
+
+def load_quadruples(path: str, bundle: ClipBundle, limit: int | None = None) -> tuple[Quadruples, int]:
+    """Rows of a visu split that have an unsafe image, and how many rows were left out for lacking one."""
+    rows = read_parquet(path, VISU).to_pylist()
+    kept = [r for r in rows if r["nsfw_image"] is not None]
+    for i, r in enumerate(kept):
+        if r["image"] is None:
+            raise InputError(f"{path}: row {i} ({r['id']}): field 'image' is null; every quadruple needs its "
+                             "safe image")
+    if limit is not None:
+        kept = kept[:limit]
+    q = Quadruples(ids=[r["id"] for r in kept], safe_text=[r["safe"] for r in kept],
+                   unsafe_text=[r["nsfw"] for r in kept], safe_images=[r["image"] for r in kept],
+                   unsafe_images=[r["nsfw_image"] for r in kept], tags=[r["tag"] for r in kept],
+                   tokens_safe={}, tokens_unsafe={}, bundle=bundle, where=path)
+    # Both captions padded to one length, so t and t* can share a forward pass.
+    both = tokenize(bundle.tokenizer, q.safe_text + q.unsafe_text)
+    n = len(kept)
+    q.tokens_safe = {k: v[:n] for k, v in both.items()}
+    q.tokens_unsafe = {k: v[n:] for k, v in both.items()}
+    size = bundle.image_processor.crop_size
+    pixel_bytes = 2 * n * 3 * size["height"] * size["width"] * 4
+    if n and pixel_bytes <= PIXEL_CACHE_LIMIT:
+        q._pixels = q.pixels(range(n))
+    return q, len(rows) - len(kept)
