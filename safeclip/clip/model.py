@@ -7,6 +7,7 @@ converted open_clip), so fine-tuning, export and Stable Diffusion's text-encoder
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,16 +67,26 @@ def resolve_base_clip(cfg: BaseClip, out: Path) -> str:
 
     spec = parse_open_clip_source(cfg.source)
     if spec is not None:
-        from safeclip.clip.open_clip_convert import convert_source
-
-        bundle = convert_source(*spec)
+        bundle = convert_open_clip(*spec)
         bundle.save(out)
-        (out / "open_clip.json").write_text(f'{{"arch": "{spec[0]}", "pretrained": "{spec[1] or ""}"}}\n')
+        # Read by the exporter: where the base came from, to write an open_clip checkpoint back.
+        (out / "open_clip.json").write_text(json.dumps({"arch": spec[0], "pretrained": spec[1]}) + "\n")
         return f"open_clip {spec[0]} ({spec[1] or 'random init'}) converted to a CLIPModel"
     path = resolve_model_dir(cfg.source, cfg.revision)
     out.mkdir(parents=True, exist_ok=True)
     write_pointer(out, cfg.source, cfg.revision, path)
     return f"{cfg.source} -> {path}"
+
+
+def convert_open_clip(arch: str, pretrained: str | None) -> ClipBundle:
+    """An open_clip model (safetensors weights only) as an equivalent HF CLIP bundle."""
+    from safeclip.clip.open_clip_convert import load_open_clip, open_clip_to_hf
+
+    model, _, pre = load_open_clip(arch, pretrained)
+    hf, tok, processor = open_clip_to_hf(model, quick_gelu=None, image_mean=pre["mean"], image_std=pre["std"],
+                                         image_size=pre["size"], interpolation=pre.get("interpolation", "bicubic"),
+                                         resize_mode=pre.get("resize_mode", "shortest"))
+    return ClipBundle(hf, tok, processor)
 
 
 def load_clip(path: str | Path, allow_pickle: bool = False) -> ClipBundle:

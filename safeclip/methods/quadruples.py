@@ -76,4 +76,4 @@ def load_quadruples(path: str, bundle: ClipBundle, limit: int | None = None) -> 
     pixel_bytes = 2 * n * 3 * size["height"] * size["width"] * 4
     if n and pixel_bytes <= PIXEL_CACHE_LIMIT:
         q._pixels = q.pixels(range(n))
-    return q, len(rows) - len(kept)
+    return q, len(rows) - len([r for r in rows if r["nsfw_image"] is not None])
