@@ -45,7 +45,7 @@ def local_slice(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
 def check_finite(loss: torch.Tensor, step: int, terms: dict[str, torch.Tensor | float]) -> None:
     if not math.isfinite(float(loss.detach())):
         shown = {k: round(float(v.detach() if hasattr(v, 'detach') else v), 6) for k, v in terms.items()}
-        raise NonFiniteLoss(f"non-finite loss {float(loss)} at step {step}; terms: {shown}. Nothing was saved "
+        raise NonFiniteLoss(f"non-finite loss {float(loss.detach())} at step {step}; terms: {shown}. Nothing was saved "
                             "as final: lower the learning rate or check the inputs")
 
 

@@ -82,7 +82,9 @@ def loss_curve(log_history: list[dict]) -> list[dict]:
         for src, dst in (("loss", "train_loss"), ("eval_loss", "eval_loss"), ("learning_rate", "learning_rate")):
             if src in entry:
                 row[dst] = float(entry[src])
-    return [rows[s] for s in sorted(rows)]
+    # Steps with nothing logged (the end-of-training summary) are left out: a run loaded from its finished
+    # checkpoint has no such entry, and the plot must not depend on how the run got there.
+    return [rows[s] for s in sorted(rows) if len(rows[s]) > 1]
 
 
 def last_value(log_history: list[dict], key: str) -> float | None:
