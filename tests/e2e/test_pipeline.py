@@ -99,7 +99,9 @@ def test_metrics_show_and_experiment_diff(repo: Path) -> None:
     assert "metrics/retrieval/none.json" in text and "metrics/retrieval/safe_clip.json" in text
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "baseline"], repo)
-    out = run(["dvc", "exp", "run", "-S", "make_safe.safe_clip.learning_rate=0.003"], repo).stdout
+    # With Hydra composition, -S recomposes params.yaml from conf/: every override must be given again.
+    out = run(["dvc", "exp", "run", "-S", f"base.scale={SCALE}", "-S", "make_safe.safe_clip.learning_rate=0.003"],
+              repo).stdout
     assert "Running stage 'make_safe@safe_clip'" in out and "Running stage 'sft'" not in out
     params = (repo / "params.yaml").read_text()
     assert "learning_rate: 0.003" in params
