@@ -21,11 +21,11 @@ def main() -> None:
     if params.captions.source == "world":
         emb, meta = load_embeddings(embeddings_path(name))
         metrics.update(world_zeroshot(bundle, emb["image_safe"], meta["scenes"], cfg.batch_size))
-    for ds in cfg.zeroshot.datasets:
-        metrics[f"zeroshot.{ds.name}"] = folder_zeroshot(bundle, ds.path, ds.templates, cfg.batch_size)
-    sets = [v for k, v in metrics.items() if k != "zeroshot.mean" and k not in ("zeroshot.object", "zeroshot.colour")]
+    sets = {f"zeroshot.{ds.name}": folder_zeroshot(bundle, ds.path, ds.templates, cfg.batch_size)
+            for ds in cfg.zeroshot.datasets}
+    metrics.update(sets)
     if sets:
-        metrics["zeroshot.datasets_mean"] = sum(sets) / len(sets)
+        metrics["zeroshot.datasets_mean"] = sum(sets.values()) / len(sets)
     if not metrics:
         log.warning("no zero-shot set: list ImageFolder sets under evaluate.zeroshot.datasets")
     write_metrics(f"metrics/zeroshot/{name}.json", metrics)
