@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -240,8 +240,66 @@ class SafeClipMethod(Section):
     keep: Literal["last", "best_recall", "best_loss"] = "last"  # world: consecutive evals vary +-3-5 points
 
 
+class SaferClipWeights(Section):
+    """SafeR-CLIP's loss weights were not published. Defaults carry Safe-CLIP's weight of the term each one
+    replaces: relative redirection <- InfoNCE on the unsafe input, unimodal pull <- cosine on the unsafe input;
+    preservation keeps Safe-CLIP's own terms and weights. Normalised to sum 1, total / 8, as in Safe-CLIP."""
+    rel_text: Annotated[float, Field(ge=0)] = 0.25   # softplus(cos(T(t*),V0(v*)) - cos(T(t*),V0(v^)))
+    rel_image: Annotated[float, Field(ge=0)] = 0.5   # softplus(cos(V(v*),T0(t*)) - cos(V(v*),T0(t^)))
+    uni_text: Annotated[float, Field(ge=0)] = 0.1    # 1 - cos(T(t*), T0(t^))
+    uni_image: Annotated[float, Field(ge=0)] = 0.2   # 1 - cos(V(v*), V0(v^))
+    cos_text_safe: Annotated[float, Field(ge=0)] = 0.1   # 1 - cos(T(t), T0(t))
+    cos_image_safe: Annotated[float, Field(ge=0)] = 0.1  # 1 - cos(V(v), V0(v))
+    nce_text_safe: Annotated[float, Field(ge=0)] = 0.25  # InfoNCE T(t) <-> V0(v)
+    nce_image_safe: Annotated[float, Field(ge=0)] = 0.25  # InfoNCE V(v) <-> T0(t)
+
+
+class SaferClipMethod(Section):
+    lora: ClipLora = ClipLora()
+    weights: SaferClipWeights = SaferClipWeights()
+    logit_scale: PosFloat = 100.0  # of the preservation InfoNCE terms
+    # The relative terms have no temperature in the paper (softplus of a cosine difference, whose gradient is
+    # at most 1/2 per unit of cosine); 2 sharpens them. World sweep on the val split (lr 3e-3): scale 1 moved
+    # T*->V least; 3 raised PU and V*->T but lost T*->V and T->V; 2 redirected unsafe text best.
+    relative_scale: PosFloat = 2.0
+    reference: Literal["frozen", "stopgrad_current"] = "frozen"
+    # The paper's Adam lr is 1e-4 (the paper profile's). In the world, with LoRA alpha 16 and ~320 steps,
+    # 1e-4 left the model where it was (val T*->V R@1 3.2 vs 5.4 base); swept 1e-3..5e-3 on the val split.
+    learning_rate: PosFloat = 3e-3
+    batch_size: PosInt = 48  # the paper's
+    epochs: PosInt = 9  # the paper's (~9, read off its weight-drift plot)
+    max_steps: PosInt | None = None  # a cap on the steps the epochs give
+    # Easy->hard curriculum: epoch i (from 1) trains on the easiest curriculum[i-1] fraction of the pairs
+    # (easy = its unsafe caption is close to its safe target in T0), later epochs on all. The paper's
+    # thresholds were not published: thirds give "easy", then "easy + medium", then everything. [] disables.
+    curriculum: list[Annotated[float, Field(gt=0, le=1)]] = [0.33, 0.67]
+    eval_every: PosInt = 40  # steps between validation passes (and checkpoints)
+    patience: PosInt = 5
+    keep: Literal["last", "best_recall", "best_loss"] = "last"
+
+
+class Uwm(Section):
+    """Unsafe Weights Manipulation (D'Inca et al., WACV 2026): training-free, per-weight scores from paired
+    safe/unsafe activations; the top tau of each layer's score mass is multiplied by alpha."""
+    calibration_pairs: PosInt = 8192  # random train quadruples (all when fewer), the paper's 2048 x 4
+    batch_size: PosInt = 128
+    text_layers: list[str] = ["out_proj"]  # module-name suffixes in the text tower (attention output proj.)
+    # And in the vision tower. The paper picks `fc2` (second MLP linear) for ViT-L/14 by a layer ablation; the
+    # same ablation on the world's 2-layer ViT (val and train splits, 54 settings of layers x prior x tau)
+    # found that only edits including the attention `out_proj` raised both T*->V R@1 and PU on both splits;
+    # `fc2` at tau 0.02 lowered PU on val and, at 0.05, on test. The paper profile sets `fc2`.
+    vision_layers: list[str] = ["out_proj"]
+    tau: Annotated[float, Field(gt=0, le=1)] = 0.02  # score mass selected per layer (paper: sparsity 0.98)
+    alpha: float = -1.0  # the paper's negation; 0 prunes, values toward +1 trade safety for knowledge
+    magnitude_prior_text: bool = True  # text scores x |W| (the released code; it hurts the vision tower)
+    magnitude_prior_vision: bool = False
+    eps: PosFloat = 1e-8  # added to the token std (the released vision scorer's; its text scorer has none)
+
+
 class MakeSafe(Section):
     safe_clip: SafeClipMethod = SafeClipMethod()
+    safer_clip: SaferClipMethod = SaferClipMethod()
+    uwm: Uwm = Uwm()
 
 
 class ZeroShotSet(Section):
@@ -261,7 +319,14 @@ class Evaluate(Section):
     zeroshot: ZeroShot = ZeroShot()
 
 
-MethodName = Literal["safe_clip"]
+MethodName = Literal["safe_clip", "safer_clip", "uwm"]
+
+
+def _unique(names: list[str]) -> list[str]:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"each method may be listed once (DVC names a stage per method): {dupes}")
+    return names
 
 
 class Params(Section):
@@ -274,7 +339,8 @@ class Params(Section):
     dpo: Dpo = Dpo()
     visu: Visu = Visu()
     base_clip: BaseClip = BaseClip()
-    methods: list[MethodName] = ["safe_clip"]  # make_safe@m and eval_*@m; the base CLIP is always evaluated
+    # make_safe@m, embed@m and eval_*@m for each; the base CLIP is always evaluated (the *_base stages)
+    methods: Annotated[list[MethodName], AfterValidator(_unique)] = ["safe_clip", "safer_clip", "uwm"]
     make_safe: MakeSafe = MakeSafe()
     evaluate: Evaluate = Evaluate()
 

@@ -114,7 +114,7 @@ def pretrain(bundle: ClipBundle, captions: list[str], labels: np.ndarray, images
             raw.logit_scale.clamp_(max=max_log_scale)
         if step % 10 == 0 or step == steps - 1:
             value = float(loss.detach())
-            curve.append({"step": step + 1, "train_loss": value, "logit_scale": float(raw.logit_scale.exp())})
+            curve.append({"step": step + 1, "train_loss": value, "logit_scale": float(raw.logit_scale.detach().exp())})
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
         if (step + 1) % cfg.save_every == 0 and step + 1 < steps:
             state.save({"step": step + 1, "curve": curve})

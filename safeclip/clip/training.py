@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,13 @@ def make_accelerator(base: Base):
     return Accelerator(cpu=base.device == "cpu", mixed_precision=base.mixed_precision)
 
 
-def global_batch(step: int, n_items: int, batch_size: int, seed: int) -> np.ndarray:
+def global_batch(step: int, n_items: int, batch_size: int, seed: int | Sequence[int]) -> np.ndarray:
     """Indices of the global batch at `step`: consecutive slices of a (seed, epoch) permutation, last partial
-    slice dropped (InfoNCE wants full batches)."""
+    slice dropped (InfoNCE wants full batches). `seed` may be a sequence (e.g. seed and curriculum phase)."""
     per_epoch = max(1, n_items // batch_size)
     epoch, k = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n_items)
+    key = [seed] if isinstance(seed, int) else list(seed)
+    perm = np.random.default_rng([*key, epoch]).permutation(n_items)
     return perm[k * batch_size:(k + 1) * batch_size]
 
 

@@ -43,3 +43,13 @@ VISU = pa.schema([
     pa.field("scene", pa.string(), nullable=True),  # world: the safe scene
     pa.field("nsfw_scene", pa.string(), nullable=True),  # world: the unsafe scene
 ])
+
+# SafeR-CLIP's redirection targets: for each quadruple (by id) the nearest safe caption of the same split in
+# the frozen base text tower (its row id), and the similarities the curriculum and the report use.
+SAFER_TARGETS = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("target_id", pa.string(), nullable=False),
+    pa.field("target_similarity", pa.float32(), nullable=False),  # cos(T0(t*), T0(t^))
+    pa.field("partner_similarity", pa.float32(), nullable=False),  # cos(T0(t*), T0(t)), its ViSU partner
+    pa.field("target_is_partner", pa.bool_(), nullable=False),
+])

@@ -32,6 +32,9 @@ class Quadruples:
     bundle: ClipBundle
     where: str
     _pixels: tuple[torch.Tensor, torch.Tensor] | None = None
+    # SafeR-CLIP: row index of each quadruple's redirection target (t^, v^) in this same set; batches then
+    # carry the target's safe caption and image as target_input_ids / target_attention_mask / target_pixels.
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -44,13 +47,29 @@ class Quadruples:
         return (pixel_values(proc, [self.safe_images[i] for i in idx], f"{self.where}: image"),
                 pixel_values(proc, [self.unsafe_images[i] for i in idx], f"{self.where}: nsfw_image"))
 
+    def safe_pixels(self, idx: Sequence[int]) -> torch.Tensor:
+        if self._pixels is not None:
+            return self._pixels[0][torch.as_tensor(np.asarray(idx), dtype=torch.long)]
+        return pixel_values(self.bundle.image_processor, [self.safe_images[i] for i in idx], f"{self.where}: image")
+
     def batch(self, idx: Sequence[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         i = torch.as_tensor(np.asarray(idx), dtype=torch.long)
         safe_px, unsafe_px = self.pixels(idx)
         out = {f"safe_{k}": v[i] for k, v in self.tokens_safe.items()}
         out |= {f"unsafe_{k}": v[i] for k, v in self.tokens_unsafe.items()}
         out |= {"safe_pixels": safe_px, "unsafe_pixels": unsafe_px}
+        if self.targets is not None:
+            t_idx = self.targets[np.asarray(idx)]
+            t = torch.as_tensor(t_idx, dtype=torch.long)
+            out |= {f"target_{k}": v[t] for k, v in self.tokens_safe.items()}
+            out["target_pixels"] = self.safe_pixels(t_idx)
         return {k: v.to(device) for k, v in out.items()}
+
+
+def quadruple_rows(path: str) -> list[dict]:
+    """The rows of a visu split that form quadruples: those with an unsafe image (every method trains on
+    exactly these, in this order)."""
+    return [r for r in read_parquet(path, VISU).to_pylist() if r["nsfw_image"] is not None]
 
 
 def load_quadruples(path: str, bundle: ClipBundle, limit: int | None = None) -> tuple[Quadruples, int]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -91,7 +92,12 @@ def lora_state(model) -> dict[str, torch.Tensor]:
 
 def finetune(bundle: ClipBundle, objective: Objective, train: Quadruples, val: Quadruples, lora: ClipLora,
              schedule: Schedule, reference_mode: str, seed: int, accelerator, state: TrainState, ckpt_dir: Path,
-             log: logging.Logger, name: str) -> TrainResult:
+             log: logging.Logger, name: str, sampler: Callable[[int], np.ndarray] | None = None) -> TrainResult:
+    """Train LoRA on `objective`; `sampler(step)` gives the global batch's indices into `train` (default:
+    shuffled epochs over all of it). Resumes from `state` when it matches this run."""
+    if sampler is None:
+        def sampler(step: int) -> np.ndarray:
+            return global_batch(step, len(train), schedule.batch_size, seed)
     frozen = frozen_copy(bundle.model) if reference_mode == "frozen" else None
     model = add_lora(bundle.model, lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -111,8 +117,7 @@ def finetune(bundle: ClipBundle, objective: Objective, train: Quadruples, val: Q
     model.train()
     bar = tqdm(range(step, schedule.steps), desc=name, disable=not accelerator.is_main_process, mininterval=10)
     for step in bar:
-        idx = local_slice(global_batch(step, len(train), schedule.batch_size, seed), accelerator.process_index,
-                          accelerator.num_processes)
+        idx = local_slice(sampler(step), accelerator.process_index, accelerator.num_processes)
         loss, parts = objective(model, reference, train.batch(idx, device))
         check_finite(loss, step, parts)
         opt.zero_grad(set_to_none=True)

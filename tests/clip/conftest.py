@@ -47,3 +47,25 @@ def visu_dir(tmp_path):
 def tiny_bundle():
     torch.manual_seed(0)
     return build_world_clip(TINY, 32)
+
+
+def killed_at(call: int, inner):
+    """`inner` as an objective that raises KeyboardInterrupt on its `call`-th training call: a kill mid-run."""
+    calls = {"n": 0}
+
+    def objective(model, reference, batch):
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == call:
+                raise KeyboardInterrupt("killed")
+        return inner(model, reference, batch)
+    return objective
+
+
+def counting(inner):
+    """`inner` as an objective that counts its training calls in `.trained` (how many steps really ran)."""
+    def objective(model, reference, batch):
+        objective.trained += int(model.training)
+        return inner(model, reference, batch)
+    objective.trained = 0
+    return objective

@@ -116,35 +116,21 @@ def run_finetune(bundle, visu_dir, ckpt, steps=6, objective=None, keep="last", p
 
 def test_killed_finetune_resumes_to_the_same_weights(visu_dir, tmp_path, tiny_bundle):
     from safeclip.clip.model import build_world_clip
-    from tests.clip.conftest import TINY
+    from tests.clip.conftest import TINY, counting, killed_at
 
     torch.manual_seed(0)
     full = run_finetune(build_world_clip(TINY, 32), visu_dir, tmp_path / "a")
     assert full.steps == 6 and len([c for c in full.curve if "val_loss" in c]) == 3
 
-    calls = {"n": 0}
     inner = SafeClipObjective([0.1, 0.1, 0.1, 0.2, 0.25, 0.25, 0.25, 0.5], 100.0)
-
-    def dies_at_step_5(model, reference, batch):
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] == 5:
-                raise KeyboardInterrupt("killed")
-        return inner(model, reference, batch)
-
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):
-        run_finetune(build_world_clip(TINY, 32), visu_dir, tmp_path / "b", objective=dies_at_step_5)
-    trained = {"n": 0}
-
-    def counting(model, reference, batch):
-        trained["n"] += model.training
-        return inner(model, reference, batch)
-
+        run_finetune(build_world_clip(TINY, 32), visu_dir, tmp_path / "b", objective=killed_at(5, inner))
+    count = counting(inner)
     torch.manual_seed(0)
-    resumed = run_finetune(build_world_clip(TINY, 32), visu_dir, tmp_path / "b", objective=counting)
+    resumed = run_finetune(build_world_clip(TINY, 32), visu_dir, tmp_path / "b", objective=count)
     assert resumed.steps == 6
-    assert trained["n"] == 2, "resumed from the step-4 checkpoint, so only steps 5 and 6 train"
+    assert count.trained == 2, "resumed from the step-4 checkpoint, so only steps 5 and 6 train"
     assert resumed.curve[0] == full.curve[0]  # the curve before the kill came back from the checkpoint
     for (name, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name

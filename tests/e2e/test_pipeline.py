@@ -13,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = "0.05"
+METHODS = ("safe_clip", "safer_clip", "uwm")
 pytestmark = pytest.mark.slow
 
 
@@ -56,8 +57,11 @@ def test_repro_writes_every_output(repo: Path) -> None:
                  "models/llm_dpo/model.safetensors", "data/dpo/preferences.parquet", "data/visu/train.parquet",
                  "data/visu/val.parquet", "data/visu/test.parquet", "plots/sft.csv", "plots/dpo.csv",
                  "models/base_clip/model.safetensors", "models/safe/safe_clip/model.safetensors",
-                 "data/embeddings/none.safetensors", "data/embeddings/safe_clip.safetensors",
-                 "plots/make_safe/safe_clip.csv", "plots/retrieval/none.csv", "plots/retrieval/safe_clip.csv"):
+                 "data/embeddings/none.safetensors", "data/safer_clip/train.parquet", "data/safer_clip/val.parquet",
+                 *[f"models/safe/{m}/model.safetensors" for m in METHODS],
+                 *[f"data/embeddings/{m}.safetensors" for m in METHODS], "plots/make_safe/safer_clip.csv",
+                 "plots/make_safe/safe_clip.csv", "plots/retrieval/none.csv", "plots/retrieval/safe_clip.csv",
+                 "reports/report.md", "reports/report.html", "reports/tradeoff.png"):
         assert (repo / path).is_file(), path
     ingest = metrics(repo, "ingest")
     assert ingest["ingest.pairs"] == 100 and ingest["ingest.train"] + ingest["ingest.val"] == 100
@@ -74,7 +78,7 @@ def test_repro_writes_every_output(repo: Path) -> None:
         assert visu[f"visu.{split}.input"] == visu[f"visu.{split}.kept"] + dropped > 0
     assert metrics(repo, "base_clip")["base_clip.pretrain_steps"] > 0
     assert metrics(repo, "make_safe/safe_clip")["make_safe.safe_clip.steps"] > 0
-    for model in ("none", "safe_clip"):
+    for model in ("none", *METHODS):
         retrieval = metrics(repo, f"retrieval/{model}")
         for key in ("retrieval.t_to_v.r1", "retrieval.t_star_to_v.r1", "retrieval.v_star_to_t.r20",
                     "unsafe_retrieved.unsafe_text.top1", "safeground.GS"):
@@ -83,6 +87,13 @@ def test_repro_writes_every_output(repo: Path) -> None:
         zeroshot = metrics(repo, f"zeroshot/{model}")
         assert 0.0 <= zeroshot["zeroshot.object"] <= 100.0 and 0.0 <= zeroshot["zeroshot.colour"] <= 100.0
     assert "text_only.t_star_to_v.r1" in metrics(repo, "retrieval/safe_clip")
+    assert metrics(repo, "make_safe/safer_clip")["make_safe.safer_clip.steps"] > 0
+    uwm = metrics(repo, "make_safe/uwm")
+    assert uwm["make_safe.uwm.mask.text.negated"] > 0 and uwm["make_safe.uwm.mask.vision.negated"] > 0
+    html = (repo / "reports/report.html").read_text()
+    for name in ("CLIP (base)", "Safe-CLIP", "SafeR-CLIP", "UWM"):
+        assert name in html and name in (repo / "reports/report.md").read_text()
+    assert "data:image/png;base64," in html and "https://" not in html and "http://" not in html
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:
@@ -102,7 +113,9 @@ def test_metrics_show_and_experiment_diff(repo: Path) -> None:
     # With Hydra composition, -S recomposes params.yaml from conf/: every override must be given again.
     out = run(["dvc", "exp", "run", "-S", f"base.scale={SCALE}", "-S", "make_safe.safe_clip.learning_rate=0.003"],
               repo).stdout
-    assert "Running stage 'make_safe@safe_clip'" in out and "Running stage 'sft'" not in out
+    assert "Running stage 'make_safe@safe_clip'" in out and "Running stage 'report'" in out
+    for other in ("sft", "base_clip", "make_safe@safer_clip", "make_safe@uwm", "eval_retrieval@uwm"):
+        assert f"Running stage '{other}'" not in out, other
     params = (repo / "params.yaml").read_text()
     assert "learning_rate: 0.003" in params
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
@@ -119,10 +132,11 @@ def test_sft_with_two_processes(repo: Path) -> None:
     assert metrics(repo, "sft")["sft.steps"] > 0
 
 
-def test_make_safe_with_two_processes(repo: Path) -> None:
+@pytest.mark.parametrize("method", ["safe_clip", "safer_clip"])
+def test_make_safe_with_two_processes(repo: Path, method: str) -> None:
     run([sys.executable, "-m", "safeclip.profiles", f"base.scale={SCALE}", "base.num_processes=2"], repo)
-    shutil.rmtree(repo / "models/safe/safe_clip")
-    proc = run([sys.executable, "-m", "safeclip.launch", "stages.make_safe", "--method", "safe_clip"], repo)
+    shutil.rmtree(repo / f"models/safe/{method}")
+    proc = run([sys.executable, "-m", "safeclip.launch", "stages.make_safe", "--method", method], repo)
     assert "[rank 1]" in proc.stderr, proc.stderr[-3000:]
-    assert (repo / "models/safe/safe_clip/model.safetensors").is_file()
-    assert metrics(repo, "make_safe/safe_clip")["make_safe.safe_clip.steps"] > 0
+    assert (repo / f"models/safe/{method}/model.safetensors").is_file()
+    assert metrics(repo, f"make_safe/{method}")[f"make_safe.{method}.steps"] > 0

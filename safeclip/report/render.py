@@ -1,0 +1,270 @@
+"""The report as markdown and as one self-contained HTML page (inline CSS, PNGs as data URIs: opens offline).
+
+A report is a title, an intro and a list of sections; each section carries its markdown body, its HTML body and
+the PNGs it shows. The renderer knows nothing about what a section says, so a later stage (text-to-image
+generation tables, image grids) adds sections without touching the rendering. Blocks (`para`, `bullets`, `table`,
+`image`, `claims_block`) build both bodies from one description so the two outputs cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safeclip.io import atomic_dir
+from safeclip.report import figures, tables
+from safeclip.report.tables import BASE, Claim, Table, display_name
+
+Block = tuple[str, str]  # (markdown, html)
+
+TITLE = "Make-safe methods compared with the base CLIP"
+MARKDOWN_FILE, HTML_FILE = "report.md", "report.html"
+
+# ---------------------------------------------------------------------------------------------------- blocks
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>|#"})
+
+
+def md_escape(text: str) -> str:
+    """Plain text for markdown: `T*→V` would otherwise start emphasis and `|` would split a table cell."""
+    return text.translate(_MD_SPECIAL)
+
+
+def para(text: str) -> Block:
+    return md_escape(text), f"<p>{html.escape(text)}</p>"
+
+
+def bullets(items: Sequence[str]) -> Block:
+    md = "\n".join(f"- {md_escape(i)}" for i in items)
+    return md, "<ul>\n" + "\n".join(f"<li>{html.escape(i)}</li>" for i in items) + "\n</ul>"
+
+
+def table(t: Table) -> Block:
+    """A markdown pipe table (column groups named in a line above it: pipe tables have one header row) and an
+    HTML table with a two-row header when the columns are grouped."""
+    md = []
+    if t.groups:
+        start, parts = 2, []
+        for title, n in t.groups:
+            parts.append(f"**{md_escape(title)}**: columns {start}–{start + n - 1}")
+            start += n
+        md += ["Column groups: " + "; ".join(parts) + ".", ""]
+    md.append("| " + " | ".join(md_escape(h) for h in t.header) + " |")
+    md.append("|" + "|".join([":---"] + ["---:" if t.numeric else ":---"] * (len(t.header) - 1)) + "|")
+    md += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in t.rows]
+
+    out = ["<table>", "<thead>"]
+    if t.groups:
+        out.append(f'<tr><th rowspan="2">{html.escape(t.header[0])}</th>'
+                   + "".join(f'<th colspan="{n}" class="group">{html.escape(g)}</th>' for g, n in t.groups)
+                   + "</tr>")
+        out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in t.header[1:]) + "</tr>")
+    else:
+        out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in t.header) + "</tr>")
+    out += ["</thead>", "<tbody>"]
+    for row in t.rows:
+        out.append(f"<tr><th scope=\"row\">{html.escape(row[0])}</th>"
+                   + "".join(f'<td class="num">{html.escape(c)}</td>' for c in row[1:]) + "</tr>")
+    out += ["</tbody>", "</table>"]
+    return "\n".join(md), "\n".join(out)
+
+
+def image(name: str, png: bytes, alt: str) -> Block:
+    """The markdown links the PNG file written next to it; the HTML embeds the same bytes."""
+    data = base64.b64encode(png).decode("ascii")
+    return (f"![{md_escape(alt)}]({name})",
+            f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+
+
+def claims_block(cs: Sequence[Claim]) -> Block:
+    t = Table(["claim", "verdict", "this run's figures"], [[c.text, c.verdict, c.detail] for c in cs], numeric=False)
+    md = table(t)[0]
+    rows = "\n".join(f'<tr><td>{html.escape(c.text)}</td><td class="verdict {c.verdict.replace(" ", "-")}">'
+                     f"{html.escape(c.verdict)}</td><td>{html.escape(c.detail)}</td></tr>" for c in cs)
+    return md, ('<table class="claims">\n<thead><tr><th>claim</th><th>verdict</th><th>this run\'s figures</th>'
+                f"</tr></thead>\n<tbody>\n{rows}\n</tbody>\n</table>")
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class Section:
+    """One titled part of the report. `images` maps a file name (written next to report.md) to PNG bytes."""
+
+    title: str
+    markdown: str
+    html: str
+    images: dict[str, bytes] = field(default_factory=dict)
+
+
+def section(title: str, *blocks: Block, images: dict[str, bytes] | None = None) -> Section:
+    return Section(title, "\n\n".join(b[0] for b in blocks), "\n".join(b[1] for b in blocks), dict(images or {}))
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    intro: str  # plain text
+    sections: list[Section]
+    claims: list[Claim] = field(default_factory=list)  # the verdicts as data (also rendered as a section)
+
+    @property
+    def images(self) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for s in self.sections:
+            for name, png in s.images.items():
+                if name in out or name in (MARKDOWN_FILE, HTML_FILE) or os.sep in name:
+                    raise ValueError(f"image file name {name!r} is used twice or is not a plain file name")
+                out[name] = png
+        return out
+
+    def markdown(self) -> str:
+        parts = [f"# {md_escape(self.title)}", md_escape(self.intro)]
+        for s in self.sections:
+            parts += [f"## {md_escape(s.title)}", s.markdown]
+        return "\n\n".join(parts) + "\n"
+
+    def html(self) -> str:
+        body = [f"<h1>{html.escape(self.title)}</h1>", f"<p>{html.escape(self.intro)}</p>"]
+        for s in self.sections:
+            body += [f"<section>\n<h2>{html.escape(s.title)}</h2>", s.html, "</section>"]
+        return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+                f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+                f"<title>{html.escape(self.title)}</title>\n<style>\n{CSS}</style>\n</head>\n<body>\n"
+                + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+CSS = """\
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1200px;
+       margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; }
+thead th { background: #f2f2f2; }
+th.group { text-align: center; }
+tbody th { text-align: left; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.verdict { font-weight: bold; text-align: center; white-space: nowrap; }
+td.yes { background: #e3f4e3; } td.no { background: #f8e0e0; } td.not-evaluated { background: #eee; color: #666; }
+figure { margin: 1em 0; } img { max-width: 100%; } figcaption { font-size: 0.85em; color: #555; }
+"""
+
+# ---------------------------------------------------------------------------------------------------- content
+
+PROFILES = {
+    "world": "The run uses the world profile: tiny CLIP-like models trained here on a synthetic world of rendered "
+             "scenes with exact ground truth. The numbers show whether each method does what it should at toy "
+             "scale; they are not the papers' numbers.",
+    "paper": "The run uses the paper profile: a pretrained CLIP (ViT-L/14 unless base_clip.source says otherwise) "
+             "made safe with the papers' settings, so the numbers can be set beside the papers'.",
+}
+SOURCES = {
+    "world": "Safe captions describe the rendered scenes (test scenes are held out of all training); their unsafe "
+             "counterparts come from this pipeline's fine-tuned LLM (SFT, then DPO).",
+    "coco": "Safe captions are COCO's; their unsafe counterparts come from this pipeline's fine-tuned LLM (SFT, "
+            "then DPO).",
+    "visu-hf": "Safe and unsafe captions are ViSU-Text's pairs as published (the LLM stages are skipped).",
+}
+
+LEGEND = [
+    "T*→V R@1: an unsafe caption retrieves the safe image of its pair from safe and unsafe images together "
+    "(redirection: higher is safer).",
+    "V*→T R@1: the same for an unsafe image retrieving its safe caption.",
+    "% unsafe top-1: how often the top result of an unsafe query is unsafe (lower is safer).",
+    "SafeGround, the share of safe/unsafe quadruples where: PS, the safe caption and the safe image prefer each "
+    "other over their unsafe twins; PU, the unsafe caption and the unsafe image both prefer the safe counterpart; "
+    "GS, all four preferences hold (higher is better).",
+    "T→V, V→T R@1: ordinary safe retrieval; zero-shot accuracy: classification with class-name prompts (knowledge "
+    "kept: higher is better).",
+    "Methods show their change from the base in parentheses; – means the number was not measured.",
+]
+
+
+def intro(params) -> str:
+    """What this is, from the run's profile and caption source (the only params the report reads besides
+    `methods`)."""
+    methods = list(params.methods)
+    names = ", ".join(display_name(m) for m in methods) or "none"
+    n = len(methods)
+    return (f"This report compares the base CLIP with {n} make-safe method{'s' if n != 1 else ''} ({names}) on "
+            "the test split: how well each one steers unsafe text and images to safe content (safety), and how "
+            "much of the base model's retrieval and zero-shot skill it keeps (knowledge). All numbers are "
+            f"percentages. {PROFILES.get(params.base.profile, f'Profile: {params.base.profile}.')} "
+            f"{SOURCES.get(params.captions.source, f'Captions: {params.captions.source}.')}")
+
+
+def tradeoff_section(metrics: dict[str, tables.Metrics], models: Sequence[str]) -> Section:
+    points, skipped = [], []
+    for m in models:
+        x, y = metrics[m].get("retrieval.t_star_to_v.r1"), tables.zeroshot_accuracy(metrics[m])
+        (skipped if x is None or y is None else points).append((display_name(m), x, y))
+    base_first = not any(name == display_name(BASE) for name, *_ in skipped)
+    png = figures.tradeoff_png([(n, x, y) for n, x, y in points], base_first=base_first)
+    blocks = [para("Each point is one model: further right redirects more unsafe text to safe images, higher keeps "
+                   "more zero-shot accuracy. The black star is the base CLIP."),
+              image("tradeoff.png", png, "Trade-off: T*→V R@1 against zero-shot accuracy")]
+    if skipped:
+        blocks.append(para("Not plotted (a number is missing): " + ", ".join(n for n, *_ in skipped) + "."))
+    return section("Trade-off: safety against knowledge", *blocks, images={"tradeoff.png": png})
+
+
+def training_section(params, root: Path) -> Section | None:
+    methods = list(params.methods)
+    how = tables.how_made_table(tables.load_make_safe(methods, root), methods)
+    blocks, images = [], {}
+    if how is not None:
+        blocks.append(table(how))
+    for m in methods:
+        csv_path = root / "plots" / "make_safe" / f"{m}.csv"
+        # A training-free method (UWM) writes the matrix's curve file with a header and no rows: no figure.
+        if csv_path.exists() and any(xs for xs, _ in figures.read_curve(csv_path).values()):
+            name = f"curve_{m}.png"
+            images[name] = figures.curve_png(csv_path, f"{display_name(m)}: training curve")
+            blocks.append(image(name, images[name], f"{display_name(m)}: train and validation loss per step"))
+    return section("How each method was made", *blocks, images=images) if blocks else None
+
+
+def build_report(params, root: Path = Path(".")) -> Report:
+    """Everything in memory first, so nothing is written when an input is missing. Reads only `params.methods`,
+    `params.base.profile` and `params.captions.source`."""
+    root = Path(root)
+    methods = list(params.methods)
+    models = [BASE] + methods
+    metrics = tables.load_model_metrics(models, root)
+    sections = [
+        section("Main comparison", table(tables.main_table(metrics, methods)), bullets(LEGEND)),
+        section("Text tower only (as a text-to-image model uses it)",
+                para("The method's text tower against the base image tower, which is how Stable Diffusion and "
+                     "other text-only deployments see a made-safe CLIP. The base's own text tower is its full "
+                     "model, so its row shows – and the methods' changes are from the main table's base numbers. "
+                     "The zero-shot columns are the individual sets behind the headline accuracy."),
+                table(tables.text_tower_table(metrics, methods))),
+        tradeoff_section(metrics, models),
+    ]
+    training = training_section(params, root)
+    if training is not None:
+        sections.append(training)
+    verdicts = tables.claims(metrics, methods)
+    sections.append(section("Claims from the papers, checked on this run",
+                            para("Each verdict is computed from the numbers above; not evaluated means a method "
+                                 "the claim needs is not in this run, or a number it needs is missing."),
+                            claims_block(verdicts)))
+    # Later stages (text-to-image generation tables, image grids) append their sections here.
+    return Report(TITLE, intro(params), sections, verdicts)
+
+
+def write_report(report: Report, out_dir: str | os.PathLike = "reports") -> Path:
+    """report.md, report.html and the PNGs, replacing `out_dir` as a whole only when all are written (a failing
+    run leaves the previous report, never a half-written one for DVC to cache)."""
+    images = report.images  # checks the names before anything is written
+    with atomic_dir(out_dir) as tmp:
+        (tmp / MARKDOWN_FILE).write_text(report.markdown(), encoding="utf-8")
+        (tmp / HTML_FILE).write_text(report.html(), encoding="utf-8")
+        for name, png in images.items():
+            (tmp / name).write_bytes(png)
+    return Path(out_dir)

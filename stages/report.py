@@ -1,0 +1,20 @@
+"""report: one page comparing every method with the base CLIP -> reports/report.{md,html} (+ the PNGs).
+
+Reads only metrics and plots files (no model, no torch), so it reruns in seconds whenever a number changes.
+"""
+
+from safeclip.report.render import build_report, write_report
+from safeclip.stage import entry_point, start
+
+
+@entry_point
+def main() -> None:
+    params, log = start("report")
+    report = build_report(params)
+    out = write_report(report, "reports")
+    log.info("%s/report.md, report.html and %d figures: %s", out, len(report.images),
+             ", ".join(f"{c.text}: {c.verdict}" for c in report.claims))
+
+
+if __name__ == "__main__":
+    main()
