@@ -59,3 +59,17 @@ def is_main_process() -> bool:
 def scaled(n: int, scale: float, minimum: int = 1) -> int:
     """Shrink a size or step count by `base.scale` (CI runs the same DAG at a fraction of the default)."""
     return max(minimum, int(round(n * scale)))
+
+
+def compute_device(device: str) -> str:
+    """Where a single-process stage (embedding, UWM calibration, targets) runs, from `base.device`: the GPU
+    when asked for and visible, else the CPU; `cuda` without a visible GPU is an error, not a silent CPU run."""
+    import torch
+
+    if device == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise RuntimeError("base.device is 'cuda' but torch sees no GPU: set base.device to 'cpu' or 'auto'")
+    return "cpu"

@@ -11,6 +11,7 @@ from safeclip.data.schemas import SAFER_TARGETS
 from safeclip.io import read_parquet, write_metrics, write_parquet
 from safeclip.methods.quadruples import quadruple_rows
 from safeclip.methods.safer_clip import redirection_targets
+from safeclip.runtime import compute_device
 from safeclip.stage import entry_point, start
 
 
@@ -18,7 +19,7 @@ from safeclip.stage import entry_point, start
 def main() -> None:
     params, log = start("safer_targets")
     bundle = load_clip("models/base_clip")
-    bundle.model.eval()
+    bundle.model.eval().to(compute_device(params.base.device))
     metrics: dict[str, float] = {}
     for split in ("train", "val"):
         rows = quadruple_rows(f"data/visu/{split}.parquet")

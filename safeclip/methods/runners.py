@@ -22,7 +22,7 @@ from safeclip.methods.safer_clip import CurriculumPlan, SaferClipObjective, atta
 from safeclip.methods.trainer import Schedule, TrainResult, finetune
 from safeclip.methods.uwm import apply_uwm, calibrate_tower, calibration_indices, target_layers
 from safeclip.params import Params
-from safeclip.runtime import scaled
+from safeclip.runtime import compute_device, scaled
 
 BASE_CLIP = "models/base_clip"
 TRAIN, VAL = "data/visu/train.parquet", "data/visu/val.parquet"
@@ -112,9 +112,9 @@ def run_safer_clip(params: Params, log: logging.Logger) -> MadeSafe:
     return made
 
 
-def _uwm_batches(q: Quadruples, idx: np.ndarray, batch_size: int, tower: str):
+def _uwm_batches(q: Quadruples, idx: np.ndarray, batch_size: int, tower: str, device: str = "cpu"):
     for a in range(0, len(idx), batch_size):
-        b = q.batch(idx[a:a + batch_size])
+        b = q.batch(idx[a:a + batch_size], device)
         if tower == "text":
             yield ({"input_ids": b["safe_input_ids"], "attention_mask": b["safe_attention_mask"]},
                    {"input_ids": b["unsafe_input_ids"], "attention_mask": b["unsafe_attention_mask"]})
@@ -127,8 +127,9 @@ def run_uwm(params: Params, log: logging.Logger) -> MadeSafe:
     the checkpoint folder under a fingerprint of what they depend on, so a tau/alpha sweep reuses them."""
     cfg = params.make_safe.uwm
     bundle = load_clip(BASE_CLIP)
-    model = bundle.model.eval()
-    train, no_image = load_quadruples(TRAIN, bundle)
+    device = compute_device(params.base.device)
+    model = bundle.model.eval().to(device)
+    train, _ = load_quadruples(TRAIN, bundle)
     idx = calibration_indices(len(train), cfg.calibration_pairs, params.base.seed)
     towers = {"text": (model.text_model, target_layers(model.text_model, cfg.text_layers), cfg.magnitude_prior_text),
               "vision": (model.vision_model, target_layers(model.vision_model, cfg.vision_layers),
@@ -144,8 +145,8 @@ def run_uwm(params: Params, log: logging.Logger) -> MadeSafe:
         log.info("uwm: reusing the calibration scores in %s", cache)
     else:
         for tower, (module, layers, prior) in towers.items():
-            scores[tower] = calibrate_tower(module, layers, _uwm_batches(train, idx, cfg.batch_size, tower), cfg.eps,
-                                            prior)
+            batches = _uwm_batches(train, idx, cfg.batch_size, tower, device)
+            scores[tower] = calibrate_tower(module, layers, batches, cfg.eps, prior)
         for old in cache.parent.glob("scores-*.safetensors") if cache.parent.exists() else ():
             old.unlink()
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +154,7 @@ def run_uwm(params: Params, log: logging.Logger) -> MadeSafe:
             save_file({f"{t}/{k}": v.contiguous() for t, s in scores.items() for k, v in s.items()}, str(tmp))
     log.info("uwm: %d calibration pairs of %d training quadruples", len(idx), len(train))
     record = apply_uwm({t: (layers, scores[t]) for t, (_m, layers, _p) in towers.items()}, cfg.tau, cfg.alpha, log)
+    bundle.model = model.cpu()
     metrics: dict[str, float | int] = {"make_safe.uwm.calibration_pairs": len(idx)}
     for tower in towers:
         rows = {k: v for k, v in record.items() if k.startswith(tower + ".")}

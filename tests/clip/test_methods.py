@@ -180,3 +180,15 @@ def test_safer_batches_carry_their_targets(visu_dir, tiny_bundle):
     with pytest.raises(InputError, match=r"t.parquet: row 0 .*'target_id'"):
         attach_targets(q, [dict(rows[0], target_id="nope")] + rows[1:], "t.parquet")
     assert np.array_equal(q.targets, (np.arange(len(q)) + 1) % len(q))
+
+
+def test_compute_device_follows_base_device():
+    from safeclip.runtime import compute_device
+
+    assert compute_device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        assert compute_device("auto") == "cpu"
+        with pytest.raises(RuntimeError, match="base.device is 'cuda' but torch sees no GPU"):
+            compute_device("cuda")
+    else:
+        assert compute_device("auto") == compute_device("cuda") == "cuda"
