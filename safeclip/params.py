@@ -233,6 +233,9 @@ class SafeClipMethod(Section):
     # 1.5e-3 kept safe T->V best but redirected least, 2e-3 the reverse; 1.75e-3 meets every target.
     learning_rate: PosFloat = 1.75e-3
     batch_size: PosInt = 128  # global, split across processes
+    # InfoNCE negatives from every process's rows (all_gather), so results do not change with the process
+    # count; off: each process's own rows only (per-device negatives, what plain DDP code does).
+    gather_negatives: bool = True
     max_steps: PosInt | None = 300  # None: run max_epochs (with early stopping)
     max_epochs: PosInt = 50
     eval_every: PosInt = 50  # steps between validation passes (and checkpoints)
@@ -266,7 +269,8 @@ class SaferClipMethod(Section):
     # The paper's Adam lr is 1e-4 (the paper profile's). In the world, with LoRA alpha 16 and ~320 steps,
     # 1e-4 left the model where it was (val T*->V R@1 3.2 vs 5.4 base); swept 1e-3..5e-3 on the val split.
     learning_rate: PosFloat = 3e-3
-    batch_size: PosInt = 48  # the paper's
+    batch_size: PosInt = 48  # the paper's; global, split across processes
+    gather_negatives: bool = True  # for the preservation InfoNCE terms, as in safe_clip
     epochs: PosInt = 9  # the paper's (~9, read off its weight-drift plot)
     max_steps: PosInt | None = None  # a cap on the steps the epochs give
     # Easy->hard curriculum: epoch i (from 1) trains on the easiest curriculum[i-1] fraction of the pairs

@@ -15,7 +15,7 @@ from safeclip.checkpoint import file_digest, fingerprint
 from safeclip.clip.model import ClipBundle, load_clip
 from safeclip.clip.training import TrainState, make_accelerator
 from safeclip.data.schemas import SAFER_TARGETS
-from safeclip.io import atomic_path, read_parquet
+from safeclip.io import InputError, atomic_path, read_parquet
 from safeclip.methods.quadruples import Quadruples, load_quadruples
 from safeclip.methods.safe_clip import SafeClipObjective
 from safeclip.methods.safer_clip import CurriculumPlan, SaferClipObjective, attach_targets, easy_first_order
@@ -49,6 +49,13 @@ def _load_data(bundle: ClipBundle, log: logging.Logger) -> tuple[Quadruples, Qua
     return train, val
 
 
+def _check_gather(method: str, gather: bool, batch_size: int, processes: int) -> None:
+    """all_gather needs the same number of rows on every process: say so before any step runs."""
+    if gather and batch_size % processes:
+        raise InputError(f"params.yaml: make_safe.{method}.batch_size {batch_size} must be divisible by the "
+                         f"{processes} processes when gather_negatives is on (or set it off)")
+
+
 def _trained(method: str, result: TrainResult, bundle: ClipBundle, n_train: int, is_main: bool) -> MadeSafe:
     bundle.model = result.model
     metrics = {f"make_safe.{method}.steps": result.steps,
@@ -75,7 +82,9 @@ def run_safe_clip(params: Params, log: logging.Logger) -> MadeSafe:
                      file_digest(TRAIN), file_digest(VAL))
     state = TrainState(accelerator, _ckpt(method), fp, log)
     torch.manual_seed(params.base.seed)
-    result = finetune(bundle, SafeClipObjective(cfg.lambdas, cfg.logit_scale), train, val, cfg.lora, schedule,
+    _check_gather(method, cfg.gather_negatives, cfg.batch_size, accelerator.num_processes)
+    objective = SafeClipObjective(cfg.lambdas, cfg.logit_scale, cfg.gather_negatives)
+    result = finetune(bundle, objective, train, val, cfg.lora, schedule,
                       cfg.reference, params.base.seed, accelerator, state, _ckpt(method), log, method)
     return _trained(method, result, bundle, len(train), accelerator.is_main_process)
 
@@ -104,7 +113,8 @@ def run_safer_clip(params: Params, log: logging.Logger) -> MadeSafe:
                      file_digest(TRAIN), file_digest(VAL), file_digest(SAFER_TARGETS_DIR))
     state = TrainState(accelerator, _ckpt(method), fp, log)
     torch.manual_seed(params.base.seed)
-    objective = SaferClipObjective(cfg.weights, cfg.logit_scale, cfg.relative_scale)
+    _check_gather(method, cfg.gather_negatives, cfg.batch_size, accelerator.num_processes)
+    objective = SaferClipObjective(cfg.weights, cfg.logit_scale, cfg.relative_scale, cfg.gather_negatives)
     result = finetune(bundle, objective, train, val, cfg.lora, schedule, cfg.reference, params.base.seed,
                       accelerator, state, _ckpt(method), log, method, sampler=plan)
     made = _trained(method, result, bundle, len(train), accelerator.is_main_process)

@@ -36,14 +36,49 @@ def cosine_distance(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(x, target.detach(), dim=-1)).mean()
 
 
-def symmetric_infonce(x: torch.Tensor, target: torch.Tensor, logit_scale: float) -> torch.Tensor:
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group, (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_rows(t: torch.Tensor, with_grad: bool) -> torch.Tensor:
+    """Every process's rows of `t`, in rank order (each process must hold the same number of rows).
+
+    `with_grad` uses the autograd-aware all_gather: each process's loss then sends gradients to every
+    process's rows, which DDP's gradient averaging turns into exactly the gradient of the global-batch loss.
+    """
+    import torch.distributed as dist
+
+    if with_grad:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(t.contiguous()))
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def symmetric_infonce(x: torch.Tensor, target: torch.Tensor, logit_scale: float, gather: bool = False
+                      ) -> torch.Tensor:
     """0.5 * (CE(s * x @ y.T, i) + CE(s * y @ x.T, i)) on L2-normalised rows; row i of x pairs with row i of y.
 
     Negatives are the other rows of the batch given. Under data parallelism each process passes its own rows,
-    so the negatives are per device: the loss changes with the number of processes at a fixed global batch.
+    so without `gather` the negatives are per device and the loss changes with the number of processes at a
+    fixed global batch. With `gather`, every process scores its own rows against the rows of all processes:
+    the mean of the processes' losses, and the DDP-averaged gradient, equal the single-process ones.
     """
     x = F.normalize(x, dim=-1)
     y = F.normalize(target.detach(), dim=-1)
+    rank, world = _world()
+    if gather and world > 1:
+        labels = torch.arange(x.shape[0], device=x.device) + rank * x.shape[0]
+        x_all, y_all = all_rows(x, with_grad=True), all_rows(y, with_grad=False)
+        return 0.5 * (F.cross_entropy(logit_scale * x @ y_all.T, labels)
+                      + F.cross_entropy(logit_scale * y @ x_all.T, labels))
     labels = torch.arange(x.shape[0], device=x.device)
     logits = logit_scale * x @ y.T
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
@@ -60,7 +95,7 @@ def normalised_weights(lambdas: Sequence[float]) -> list[float]:
 
 def safe_clip_loss(text_safe: torch.Tensor, text_unsafe: torch.Tensor, image_safe: torch.Tensor,
                    image_unsafe: torch.Tensor, ref_text_safe: torch.Tensor, ref_image_safe: torch.Tensor,
-                   lambdas: Sequence[float] = LAMBDAS, logit_scale: float = 100.0
+                   lambdas: Sequence[float] = LAMBDAS, logit_scale: float = 100.0, gather: bool = False
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and the eight terms, from projected embeddings T(t), T(t*), V(v), V(v*), T0(t), V0(v): [N, d].
 
@@ -72,10 +107,10 @@ def safe_clip_loss(text_safe: torch.Tensor, text_unsafe: torch.Tensor, image_saf
         cosine_distance(text_unsafe, ref_text_safe),
         cosine_distance(image_safe, ref_image_safe),
         cosine_distance(image_unsafe, ref_image_safe),
-        symmetric_infonce(text_safe, ref_image_safe, logit_scale),
-        symmetric_infonce(text_unsafe, ref_image_safe, logit_scale),
-        symmetric_infonce(image_safe, ref_text_safe, logit_scale),
-        symmetric_infonce(image_unsafe, ref_text_safe, logit_scale),
+        symmetric_infonce(text_safe, ref_image_safe, logit_scale, gather),
+        symmetric_infonce(text_unsafe, ref_image_safe, logit_scale, gather),
+        symmetric_infonce(image_safe, ref_text_safe, logit_scale, gather),
+        symmetric_infonce(image_unsafe, ref_text_safe, logit_scale, gather),
     )
     terms = dict(zip(TERMS, values, strict=True))
     total = sum(w * v for w, v in zip(weights, values, strict=True)) / len(TERMS)
@@ -89,9 +124,9 @@ class SafeClipObjective:
     outputs are taken under no_grad in train mode (dropout on), as the released script does.
     """
 
-    def __init__(self, lambdas: Sequence[float], logit_scale: float):
+    def __init__(self, lambdas: Sequence[float], logit_scale: float, gather: bool = False):
         normalised_weights(lambdas)  # fail at start, not at the first step
-        self.lambdas, self.logit_scale = list(lambdas), logit_scale
+        self.lambdas, self.logit_scale, self.gather = list(lambdas), logit_scale, gather
 
     def __call__(self, model, reference, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         n = batch["safe_input_ids"].shape[0]
@@ -103,4 +138,5 @@ class SafeClipObjective:
             ref = reference(input_ids=batch["safe_input_ids"], attention_mask=batch["safe_attention_mask"],
                             pixel_values=batch["safe_pixels"])
         return safe_clip_loss(out.text_embeds[:n], out.text_embeds[n:], out.image_embeds[:n], out.image_embeds[n:],
-                              ref.text_embeds, ref.image_embeds, self.lambdas, self.logit_scale)
+                              ref.text_embeds, ref.image_embeds, self.lambdas, self.logit_scale,
+                              self.gather and model.training)

@@ -38,7 +38,7 @@ def safer_clip_loss(text_safe: torch.Tensor, text_unsafe: torch.Tensor, image_sa
                     image_unsafe: torch.Tensor, ref_text_safe: torch.Tensor, ref_image_safe: torch.Tensor,
                     ref_text_unsafe: torch.Tensor, ref_image_unsafe: torch.Tensor, ref_text_target: torch.Tensor,
                     ref_image_target: torch.Tensor, weights: SaferClipWeights = SaferClipWeights(),
-                    logit_scale: float = 100.0, relative_scale: float = 1.0
+                    logit_scale: float = 100.0, relative_scale: float = 1.0, gather: bool = False
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss and the eight terms from projected embeddings [N, d]: trained T(t), T(t*), V(v), V(v*);
     reference T0(t), V0(v), T0(t*), V0(v*), and the targets' T0(t^), V0(v^).
@@ -52,8 +52,8 @@ def safer_clip_loss(text_safe: torch.Tensor, text_unsafe: torch.Tensor, image_sa
         "uni_image": cosine_distance(image_unsafe, ref_image_target),
         "cos_text_safe": cosine_distance(text_safe, ref_text_safe),
         "cos_image_safe": cosine_distance(image_safe, ref_image_safe),
-        "nce_text_safe": symmetric_infonce(text_safe, ref_image_safe, logit_scale),
-        "nce_image_safe": symmetric_infonce(image_safe, ref_text_safe, logit_scale),
+        "nce_text_safe": symmetric_infonce(text_safe, ref_image_safe, logit_scale, gather),
+        "nce_image_safe": symmetric_infonce(image_safe, ref_text_safe, logit_scale, gather),
     }
     w = weights.model_dump()
     total_w = sum(w.values())
@@ -66,8 +66,9 @@ def safer_clip_loss(text_safe: torch.Tensor, text_unsafe: torch.Tensor, image_sa
 class SaferClipObjective:
     """The loss of one batch (with target_* rows, see Quadruples.targets) for a (LoRA) CLIP and its reference."""
 
-    def __init__(self, weights: SaferClipWeights, logit_scale: float, relative_scale: float):
+    def __init__(self, weights: SaferClipWeights, logit_scale: float, relative_scale: float, gather: bool = False):
         self.weights, self.logit_scale, self.relative_scale = weights, logit_scale, relative_scale
+        self.gather = gather
 
     def __call__(self, model, reference, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         if "target_input_ids" not in batch:
@@ -85,7 +86,7 @@ class SaferClipObjective:
         rt, rv = ref.text_embeds, ref.image_embeds
         return safer_clip_loss(out.text_embeds[:n], out.text_embeds[n:], out.image_embeds[:n], out.image_embeds[n:],
                                rt[:n], rv[:n], rt[n:2 * n], rv[n:2 * n], rt[2 * n:], rv[2 * n:],
-                               self.weights, self.logit_scale, self.relative_scale)
+                               self.weights, self.logit_scale, self.relative_scale, self.gather and model.training)
 
 
 def nearest_safe(unsafe: torch.Tensor, safe: torch.Tensor, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -118,7 +118,8 @@ def finetune(bundle: ClipBundle, objective: Objective, train: Quadruples, val: Q
     bar = tqdm(range(step, schedule.steps), desc=name, disable=not accelerator.is_main_process, mininterval=10)
     for step in bar:
         idx = local_slice(sampler(step), accelerator.process_index, accelerator.num_processes)
-        loss, parts = objective(model, reference, train.batch(idx, device))
+        with accelerator.autocast():  # mixed precision covers the reference's forward too, not only `model`'s
+            loss, parts = objective(model, reference, train.batch(idx, device))
         check_finite(loss, step, parts)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)

@@ -102,6 +102,28 @@ def test_second_repro_does_nothing(repo: Path) -> None:
     assert "Running stage" not in out
 
 
+def test_remote_push_then_pull_in_a_fresh_clone(repo: Path, tmp_path_factory) -> None:
+    """The sharing workflow of the README: push after a run; a fresh clone pulls and has nothing to reproduce."""
+    remote = tmp_path_factory.mktemp("remote")
+    run(["dvc", "remote", "modify", "--local", "shared", "url", str(remote)], repo)  # .dvc/config.local
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "run"], repo)
+    pushed = run(["dvc", "push"], repo).stdout
+    assert "pushed" in pushed and any((remote / "files").rglob("*")), pushed
+    clone = tmp_path_factory.mktemp("clone") / "repo"
+    run(["git", "clone", "-q", str(repo), str(clone)], repo)
+    assert not (clone / "models/safe/safer_clip").exists()
+    run(["dvc", "remote", "modify", "--local", "shared", "url", str(remote)], clone)
+    run(["dvc", "pull"], clone)
+    assert (clone / "models/safe/safer_clip/model.safetensors").is_file()
+    out = run(["dvc", "repro"], clone).stdout
+    assert "Data and pipelines are up to date" in out and "Running stage" not in out, out
+    assert "up to date" in run(["dvc", "status"], clone).stdout.lower()
+    shown = [json.loads(run(["dvc", "metrics", "show", "--json"], r).stdout) for r in (repo, clone)]
+    assert shown[0][""] == shown[1][""]  # every metrics file, the same numbers
+    assert "safeground.PU" in json.dumps(shown[1])
+
+
 def test_metrics_show_and_experiment_diff(repo: Path) -> None:
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
