@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -59,8 +60,37 @@ def prepare_checkpoint_dir(ckpt_dir: str | Path, fp: str, log: logging.Logger, i
     return False
 
 
-def last_checkpoint(ckpt_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def _step(ckpt: Path) -> int:
+    return int(ckpt.name.rsplit("-", 1)[1])
 
-    ckpt_dir = Path(ckpt_dir)
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+
+def is_complete(ckpt: Path) -> bool:
+    """A transformers checkpoint folder is complete once its trainer_state.json (written last) parses."""
+    try:
+        return "global_step" in json.loads((ckpt / "trainer_state.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _trainer_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.exists():
+        return []
+    return sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
+                  key=_step)
+
+
+def drop_incomplete_checkpoints(ckpt_dir: str | Path, log: logging.Logger) -> None:
+    """Delete checkpoint-N folders a kill left half-written (no readable trainer_state.json), saying so.
+
+    transformers picks the highest-numbered folder and would crash on (or resume from) a partial one.
+    """
+    for ckpt in _trainer_checkpoints(Path(ckpt_dir)):
+        if not is_complete(ckpt):
+            log.warning("%s is incomplete (the run was killed while saving it): deleting it", ckpt)
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def last_checkpoint(ckpt_dir: str | Path) -> str | None:
+    """The highest-numbered complete checkpoint-N folder, or None."""
+    done = [p for p in _trainer_checkpoints(Path(ckpt_dir)) if is_complete(p)]
+    return str(done[-1]) if done else None

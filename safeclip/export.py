@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from safeclip.clip.model import TEXT_PREFIX, text_encoder  # noqa: F401 (re-exported)
 from safeclip.io import InputError, _umask, atomic_dir, write_json
 from safeclip.params import Params, load_params
 from safeclip.stage import entry_point
@@ -71,21 +72,6 @@ ZEROSHOT_KEYS = (("zeroshot.datasets_mean", "zero-shot accuracy, mean over datas
 
 
 # --- the artefacts ----------------------------------------------------------------------------------------------
-
-
-TEXT_PREFIX = "text_model."
-
-
-def text_encoder(model):
-    """The CLIPModel's text tower as a CLIPTextModel (no projection): what SD's `text_encoder` is."""
-    from transformers import CLIPTextModel
-
-    encoder = CLIPTextModel(model.config.text_config)
-    weights = {k: v for k, v in model.state_dict().items() if k.startswith(TEXT_PREFIX)}
-    if not any(k.startswith(TEXT_PREFIX) for k in encoder.state_dict()):  # transformers v5: a flat CLIPTextModel
-        weights = {k[len(TEXT_PREFIX):]: v for k, v in weights.items()}
-    encoder.load_state_dict(weights, strict=True)  # any layout mismatch fails here, not in the user's pipeline
-    return encoder.to(model.dtype).eval()
 
 
 def save_text_encoder(encoder, path: Path) -> None:

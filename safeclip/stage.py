@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from safeclip.io import InputError
 from safeclip.params import Params, ParamsError, load_params
-from safeclip.runtime import setup
+from safeclip.runtime import NonFiniteLoss, setup
 
 
 def start(stage: str, argv: list[str] | None = None) -> tuple[Params, logging.Logger]:
@@ -23,7 +23,8 @@ def start(stage: str, argv: list[str] | None = None) -> tuple[Params, logging.Lo
 
 
 def entry_point(fn: Callable[[], None]) -> Callable[[], None]:
-    """Turn user-input problems into a one-paragraph message and exit code 2, not a traceback."""
+    """Turn user-input problems into a one-paragraph message and exit code 2, and a NaN/inf training loss into
+    one with exit code 3, not a traceback (the stage has written no output by then)."""
     @functools.wraps(fn)
     def wrapper() -> None:
         try:
@@ -31,6 +32,9 @@ def entry_point(fn: Callable[[], None]) -> Callable[[], None]:
         except (InputError, ParamsError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except NonFiniteLoss as e:
+            print(f"error: training stopped: {e}", file=sys.stderr)
+            sys.exit(3)
     return wrapper
 
 

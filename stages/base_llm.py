@@ -28,7 +28,7 @@ def main() -> None:
         write_plot_csv("plots/base_llm.csv", [])
         return
     if cfg.source != "world":
-        path = resolve_model_dir(cfg.source, cfg.revision)
+        path = resolve_model_dir(cfg.source, cfg.revision, param="base_llm.source")
         with atomic_dir("models/base_llm") as out:
             write_pointer(out, cfg.source, cfg.revision, path)
         write_metrics("metrics/base_llm.json", {"base_llm.pretrain_steps": 0})

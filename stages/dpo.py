@@ -9,7 +9,7 @@ from datasets import Dataset
 from safeclip.checkpoint import file_digest, fingerprint
 from safeclip.data.schemas import CAPTIONS
 from safeclip.data.skip import llm_stages_skipped
-from safeclip.io import read_parquet, write_metrics, write_parquet, write_plot_csv
+from safeclip.io import InputError, read_parquet, write_metrics, write_parquet, write_plot_csv
 from safeclip.llm.dpo import build_dpo_trainer
 from safeclip.llm.generate import rewrite
 from safeclip.llm.model import load_causal_lm, save_model_dir
@@ -33,6 +33,7 @@ def main() -> None:
         write_plot_csv("plots/dpo.csv", [])
         return
     cfg = params.dpo
+    scorer = make_scorer(cfg)  # first: a scorer that cannot load fails before minutes of sampling
     model, tok = load_causal_lm("models/llm_sft")
     captions = read_parquet("data/captions/train.parquet", CAPTIONS).column("caption").to_pylist()
     rng = np.random.default_rng(params.base.seed)
@@ -41,9 +42,6 @@ def main() -> None:
     samples = rewrite(model, tok, prompts, batch_size=max(1, cfg.sample_batch_size // cfg.k), do_sample=True,
                       temperature=cfg.temperature, top_p=cfg.top_p, num_return_sequences=cfg.k,
                       seed=params.base.seed, max_new_tokens=cfg.eval.max_new_tokens)
-    scorer = OracleScorer() if cfg.scorer == "oracle" else ModelScorer(
-        cfg.models.nsfw_classifier, cfg.models.unsafe_label, cfg.models.similarity_model, cfg.models.threshold,
-        cfg.models.min_similarity)
     rows, all_good, no_good = [], 0, 0
     for safe, cands in zip(prompts, samples, strict=True):
         scored = scorer.score(safe, cands)
@@ -57,7 +55,6 @@ def main() -> None:
     if not rows:
         raise RuntimeError("no preference pairs: every prompt's samples were all good or all bad; raise dpo.k "
                            "or dpo.temperature")
-    write_parquet("data/dpo/preferences.parquet", rows, PREFERENCES)
     prefs = Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")})
     epochs = cfg.epochs  # not scaled: the curated set is small already, and fewer epochs do not learn the task
     trainer = build_dpo_trainer(model, tok, prefs, cfg, params.base, CKPT, epochs)
@@ -68,6 +65,8 @@ def main() -> None:
         return
     model = merged_model(trainer)
     save_model_dir(model, tok, "models/llm_dpo")
+    # written with the model, not before training: a run that fails (NaN loss, kill) leaves no output behind
+    write_parquet("data/dpo/preferences.parquet", rows, PREFERENCES)
     history = trainer.state.log_history
     margins = [e["rewards/margins"] for e in history if "rewards/margins" in e]
     accs = [e["rewards/accuracies"] for e in history if "rewards/accuracies" in e]
@@ -86,6 +85,21 @@ def main() -> None:
             row["reward_margin"] = float(by_step[row["step"]]["rewards/margins"])
             row["reward_accuracy"] = float(by_step[row["step"]]["rewards/accuracies"])
     write_plot_csv("plots/dpo.csv", curve)
+
+
+def make_scorer(cfg):
+    """The world's oracle, or (paper) the classifier + sentence encoder named in dpo.models."""
+    if cfg.scorer == "oracle":
+        return OracleScorer()
+    m = cfg.models
+    if not m.nsfw_classifier:
+        raise InputError("params.yaml: dpo.models.nsfw_classifier: must be a hub id or a local folder when "
+                         "dpo.scorer is 'models'")
+    try:
+        return ModelScorer(m.nsfw_classifier, m.unsafe_label, m.similarity_model or m.nsfw_classifier, m.threshold,
+                           m.min_similarity)
+    except ValueError as e:  # e.g. no such label
+        raise InputError(f"params.yaml: dpo.models: {e}") from e
 
 
 def world_quality(model, tok, params, log) -> dict:

@@ -1,6 +1,7 @@
 """report: one page comparing every method with the base CLIP -> reports/report.{md,html} (+ the PNGs).
 
-Reads only metrics and plots files (no model, no torch), so it reruns in seconds whenever a number changes.
+Reads only metrics and plots files and the generation grids' PNG bytes (no model, no torch, no image decoding),
+so it reruns in seconds whenever a number changes.
 """
 
 from safeclip.report.render import build_report, write_report

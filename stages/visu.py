@@ -8,7 +8,7 @@ from safeclip.checkpoint import file_digest, fingerprint, prepare_checkpoint_dir
 from safeclip.data.captions import render_config
 from safeclip.data.schemas import CAPTIONS, SPLITS
 from safeclip.data.visu import DROP_REASONS, build_shard, build_split, world_image_maker, write_split
-from safeclip.io import atomic_dir, read_parquet, write_metrics
+from safeclip.io import InputError, atomic_dir, read_parquet, write_metrics
 from safeclip.stage import entry_point, start
 
 CKPT = Path("checkpoints/visu")
@@ -53,7 +53,10 @@ def make_text_judge(params, log):
         return None
     from safeclip.llm.preferences import ModelScorer
 
-    scorer = ModelScorer(m.nsfw_classifier, m.unsafe_label, m.similarity_model or m.nsfw_classifier, m.threshold)
+    try:
+        scorer = ModelScorer(m.nsfw_classifier, m.unsafe_label, m.similarity_model or m.nsfw_classifier, m.threshold)
+    except ValueError as e:  # e.g. no such label
+        raise InputError(f"params.yaml: dpo.models: {e}") from e
     return lambda texts: [bool(p >= m.threshold) for p in scorer.p_unsafe(texts)] if texts else []
 
 

@@ -72,7 +72,7 @@ def resolve_base_clip(cfg: BaseClip, out: Path) -> str:
         # Read by the exporter: where the base came from, to write an open_clip checkpoint back.
         (out / "open_clip.json").write_text(json.dumps({"arch": spec[0], "pretrained": spec[1]}) + "\n")
         return f"open_clip {spec[0]} ({spec[1] or 'random init'}) converted to a CLIPModel"
-    path = resolve_model_dir(cfg.source, cfg.revision)
+    path = resolve_model_dir(cfg.source, cfg.revision, param="base_clip.source")
     out.mkdir(parents=True, exist_ok=True)
     write_pointer(out, cfg.source, cfg.revision, path)
     return f"{cfg.source} -> {path}"
@@ -160,3 +160,18 @@ def encode_images(bundle: ClipBundle, images: Sequence, batch_size: int = 256, w
         pixels = pixel_values(bundle.image_processor, images[a:a + batch_size], where).to(device)
         out.append(image_embeddings(bundle.model, pixels).float().cpu())
     return torch.cat(out) if out else torch.empty(0, bundle.model.config.projection_dim)
+
+
+TEXT_PREFIX = "text_model."
+
+
+def text_encoder(model):
+    """The CLIPModel's text tower as a CLIPTextModel (no projection): what SD's `text_encoder` is."""
+    from transformers import CLIPTextModel
+
+    encoder = CLIPTextModel(model.config.text_config)
+    weights = {k: v for k, v in model.state_dict().items() if k.startswith(TEXT_PREFIX)}
+    if not any(k.startswith(TEXT_PREFIX) for k in encoder.state_dict()):  # transformers v5: a flat CLIPTextModel
+        weights = {k[len(TEXT_PREFIX):]: v for k, v in weights.items()}
+    encoder.load_state_dict(weights, strict=True)  # any layout mismatch fails here, not in the user's pipeline
+    return encoder.to(model.dtype).eval()

@@ -44,10 +44,27 @@ def local_slice(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     return np.array_split(indices, world_size)[rank]
 
 
+def finite_on_every_process(finite: bool, device: torch.device | str = "cpu") -> bool:
+    """True when every process of the job has a finite loss (one tiny all-reduce per step under DDP).
+
+    A NaN in one process's batch must stop all of them: a process that stopped alone would leave the others
+    waiting in the next gradient all-reduce until the process group times out.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return finite
+    flag = torch.tensor([int(finite)], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def check_finite(loss: torch.Tensor, step: int, terms: dict[str, torch.Tensor | float]) -> None:
-    if not math.isfinite(float(loss.detach())):
+    value = float(loss.detach())
+    if not finite_on_every_process(math.isfinite(value), loss.device):
         shown = {k: round(float(v.detach() if hasattr(v, 'detach') else v), 6) for k, v in terms.items()}
-        raise NonFiniteLoss(f"non-finite loss {float(loss.detach())} at step {step}; terms: {shown}. Nothing was saved "
+        where = "" if not math.isfinite(value) else " on another process"
+        raise NonFiniteLoss(f"non-finite loss {value}{where} at step {step}; terms: {shown}. Nothing was saved "
                             "as final: lower the learning rate or check the inputs")
 
 

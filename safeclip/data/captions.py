@@ -70,42 +70,69 @@ def world_rows(cfg: WorldCaptions, world: World, seed: int, scale: float) -> Ite
                    "scene": scene.to_json(), "seed": rseed, "nsfw": None, "tag": None}
 
 
+# Modes whose 8-bit conversion to RGB keeps the picture. 16/32-bit and float images (I;16, I, F: scans, depth
+# maps) are clipped to white or black by PIL's convert("RGB"), so they are refused instead of silently ruined.
+EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
 def check_image(path: Path, where: str) -> None:
-    """Fail with the file and field when an image is missing, empty or undecodable."""
+    """Fail with the file and field when an image is missing, empty, undecodable or of an unusable mode.
+
+    Any size is fine (the CLIP image processor resizes and crops), and so is any 8-bit mode (converted to RGB).
+    """
     if not path.exists():
         raise InputError(f"{where}: image: file {path} does not exist")
+    if not path.is_file():
+        raise InputError(f"{where}: image: {path} is not a file")
     if path.stat().st_size == 0:
         raise InputError(f"{where}: image: file {path} is empty (0 bytes)")
     try:
         with Image.open(path) as im:
             im.load()  # a full decode: verify() misses truncated JPEGs
+            mode = im.mode
     except Exception as e:
         raise InputError(f"{where}: image: file {path} is not a readable image ({e})") from e
+    if mode not in EIGHT_BIT_MODES:
+        raise InputError(f"{where}: image: file {path} has mode {mode} (more than 8 bits per channel), which "
+                         "would be clipped when converted to RGB; convert it to an 8-bit RGB image")
 
 
 def _load_json(path: Path) -> dict:
     if not path.exists():
         raise InputError(f"{path}: file does not exist")
+    if not path.is_file():
+        raise InputError(f"{path}: is a folder, not a JSON file")
+    data = path.read_bytes()
+    if not data.strip():
+        raise InputError(f"{path}: file is empty")
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not valid UTF-8 (byte {e.start})") from e
+        line = data[:e.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line}: not valid UTF-8 (byte {e.start}); save the file as UTF-8") from e
     except json.JSONDecodeError as e:
-        raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from e
+        raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from e
 
 
-def read_coco(annotations: Path, images: Path, captions_per_image: int, limit: int | None) -> list[tuple[str, str]]:
+def read_coco(annotations: Path, images: Path, captions_per_image: int, limit: int | None,
+              images_param: str = "captions.coco.images_*") -> list[tuple[str, str]]:
     """(image path, caption) from a COCO captions JSON, validated entry by entry."""
     data = _load_json(annotations)
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise InputError(f"{annotations}: expected a COCO captions object with 'images' and 'annotations'")
+    for key in ("images", "annotations"):
+        if not isinstance(data[key], list):
+            raise InputError(f"{annotations}: {key}: must be a list, got {type(data[key]).__name__}")
+    if not images.is_dir():
+        raise InputError(f"{images}: image folder does not exist ({images_param})")
     files: dict[int, str] = {}
     for i, im in enumerate(data["images"]):
         for key, typ in (("id", int), ("file_name", str)):
             if not isinstance(im, dict) or key not in im:
                 raise InputError(f"{annotations}: images[{i}]: {key}: missing")
-            if not isinstance(im[key], typ):
-                raise InputError(f"{annotations}: images[{i}]: {key}: must be {typ.__name__}")
+            if not isinstance(im[key], typ) or isinstance(im[key], bool):
+                raise InputError(f"{annotations}: images[{i}]: {key}: must be {typ.__name__}, got "
+                                 f"{type(im[key]).__name__}")
         if im["id"] in files:
             raise InputError(f"{annotations}: images[{i}]: id: duplicate image id {im['id']}")
         files[im["id"]] = im["file_name"]
@@ -114,8 +141,9 @@ def read_coco(annotations: Path, images: Path, captions_per_image: int, limit: i
         for key, typ in (("image_id", int), ("caption", str)):
             if not isinstance(ann, dict) or key not in ann:
                 raise InputError(f"{annotations}: annotations[{i}]: {key}: missing")
-            if not isinstance(ann[key], typ):
-                raise InputError(f"{annotations}: annotations[{i}]: {key}: must be {typ.__name__}")
+            if not isinstance(ann[key], typ) or isinstance(ann[key], bool):
+                raise InputError(f"{annotations}: annotations[{i}]: {key}: must be {typ.__name__}, got "
+                                 f"{type(ann[key]).__name__}")
         if ann["image_id"] not in files:
             raise InputError(f"{annotations}: annotations[{i}]: image_id: {ann['image_id']} is not in images")
         if not ann["caption"].strip():
@@ -135,8 +163,9 @@ def read_coco(annotations: Path, images: Path, captions_per_image: int, limit: i
 
 def coco_rows(cfg: CocoCaptions, seed: int) -> Iterator[dict]:
     train = read_coco(Path(cfg.annotations_train), Path(cfg.images_train), cfg.captions_per_image,
-                      cfg.max_images_per_split)
-    val_all = read_coco(Path(cfg.annotations_val), Path(cfg.images_val), cfg.captions_per_image, None)
+                      cfg.max_images_per_split, "captions.coco.images_train")
+    val_all = read_coco(Path(cfg.annotations_val), Path(cfg.images_val), cfg.captions_per_image, None,
+                        "captions.coco.images_val")
     images = sorted({p for p, _ in val_all}, key=lambda p: stable_seed(seed, p))
     n_test = round(len(images) * cfg.test_fraction)
     test_images = set(images[:n_test])
@@ -161,7 +190,9 @@ def visu_hf_rows(cfg: VisuHfCaptions) -> Iterator[dict]:
     """ViSU-Text rows (safe, nsfw, tag[, coco_id]) from a hub id or a local file/folder."""
     from safeclip.hub import load_text_dataset
 
-    dataset = load_text_dataset(cfg.dataset, cfg.revision)
+    dataset = load_text_dataset(cfg.dataset, cfg.revision, param="captions.visu_hf.dataset")
+    if not any(len(ds) for ds in dataset.values()):
+        raise InputError(f"{cfg.dataset}: no rows (captions.visu_hf.dataset)")
     for hf_split, ds in dataset.items():
         split = VISU_SPLITS.get(hf_split)
         if split is None:
@@ -175,10 +206,19 @@ def visu_hf_rows(cfg: VisuHfCaptions) -> Iterator[dict]:
                 break
             for col in ("safe", "nsfw", "tag"):
                 if not isinstance(row[col], str) or not row[col].strip():
-                    raise InputError(f"{cfg.dataset}: split {hf_split}: row {i}: {col}: empty or not a string")
+                    raise InputError(f"{cfg.dataset}: split {hf_split}: row {i}: {col}: empty or not a string "
+                                     f"(got {row[col]!r})")
             image = None
             if cfg.coco_images and row.get("coco_id") is not None:
-                path = Path(cfg.coco_images) / f"{int(row['coco_id']):012d}.jpg"
+                coco_id = row["coco_id"]
+                if isinstance(coco_id, str) and coco_id.strip().isdigit():
+                    coco_id = int(coco_id)
+                if isinstance(coco_id, float) and coco_id.is_integer():
+                    coco_id = int(coco_id)
+                if not isinstance(coco_id, int) or isinstance(coco_id, bool) or coco_id < 0:
+                    raise InputError(f"{cfg.dataset}: split {hf_split}: row {i}: coco_id: must be a COCO image id "
+                                     f"(a non-negative integer), got {coco_id!r}")
+                path = Path(cfg.coco_images) / f"{coco_id:012d}.jpg"
                 check_image(path, f"{cfg.dataset}: split {hf_split}: row {i}")
                 image = {"bytes": None, "path": str(path)}
             yield {"id": f"visu-{split}-{i:06d}", "split": split, "caption": row["safe"].strip(), "image": image,

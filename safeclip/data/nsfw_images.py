@@ -19,7 +19,7 @@ from safeclip.params import VisuImages
 def load_t2i_pipeline(source: str, device: str, dtype: torch.dtype = torch.float16):
     from diffusers import DiffusionPipeline
 
-    path = resolve_model_dir(source)
+    path = resolve_model_dir(source, param="visu.images.pipeline")
     pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
     if hasattr(pipe, "safety_checker"):
         pipe.safety_checker = None

@@ -35,7 +35,13 @@ def read_pairs(path: str | Path, concepts: tuple[str, ...] = VISU_CONCEPTS) -> l
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file does not exist")
+    if not path.is_file():
+        raise InputError(f"{path}: is a folder, not a JSONL file (ingest.pairs_file)")
     data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # e.g. PowerShell's `>`: every line would fail alike
+        raise InputError(f"{path}:1: -: the file is UTF-16 encoded; save it as UTF-8")
+    if data.startswith(b"\xef\xbb\xbf"):  # "UTF-8 with BOM", as some editors save it: harmless, dropped
+        data = data[3:]
     problems: list[str] = []
     pairs: list[Pair] = []
     seen: dict[tuple[str, str], int] = {}

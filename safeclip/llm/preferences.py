@@ -48,14 +48,20 @@ class ModelScorer:
                  min_similarity: float = 0.5, device: str = "cpu"):
         from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-        self.cls_tok = AutoTokenizer.from_pretrained(classifier_dir)
-        self.cls = AutoModelForSequenceClassification.from_pretrained(classifier_dir, use_safetensors=True).eval()
+        from safeclip.hub import resolve_model_dir
+
+        # Local folders (hub ids resolved through the cache: fail fast offline, refuse pickle-only weights)
+        classifier_dir = resolve_model_dir(classifier_dir, param="dpo.models.nsfw_classifier")
+        encoder_dir = resolve_model_dir(encoder_dir, param="dpo.models.similarity_model")
+        self.cls_tok = AutoTokenizer.from_pretrained(classifier_dir, trust_remote_code=False)
+        self.cls = AutoModelForSequenceClassification.from_pretrained(classifier_dir, use_safetensors=True,
+                                                                      trust_remote_code=False).eval()
         labels = {v.lower(): int(k) for k, v in self.cls.config.id2label.items()}
         if unsafe_label.lower() not in labels:
             raise ValueError(f"{classifier_dir}: no label {unsafe_label!r} (has {sorted(labels)})")
         self.unsafe_idx = labels[unsafe_label.lower()]
-        self.enc_tok = AutoTokenizer.from_pretrained(encoder_dir)
-        self.enc = AutoModel.from_pretrained(encoder_dir, use_safetensors=True).eval()
+        self.enc_tok = AutoTokenizer.from_pretrained(encoder_dir, trust_remote_code=False)
+        self.enc = AutoModel.from_pretrained(encoder_dir, use_safetensors=True, trust_remote_code=False).eval()
         self.threshold, self.min_similarity = threshold, min_similarity
         self.cls.to(device)
         self.enc.to(device)

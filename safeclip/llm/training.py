@@ -9,18 +9,52 @@ from pathlib import Path
 
 from transformers import PrinterCallback, TrainerCallback, TrainerState
 
-from safeclip.checkpoint import last_checkpoint, prepare_checkpoint_dir
+from safeclip.checkpoint import drop_incomplete_checkpoints, last_checkpoint, prepare_checkpoint_dir
+from safeclip.clip.training import finite_on_every_process
 from safeclip.params import Base
-from safeclip.runtime import NonFiniteLoss  # noqa: F401 (raised here, caught by callers)
+from safeclip.runtime import NonFiniteLoss
+
+NOT_SAVED = "Nothing was saved as final: lower the learning rate or check the inputs"
 
 
 class StopOnNonFinite(TrainerCallback):
+    """Eval losses (and train losses, should one reach the logs) that are NaN/inf stop the run."""
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key in ("loss", "train_loss", "eval_loss"):
             v = (logs or {}).get(key)
             if isinstance(v, float) and not math.isfinite(v):
                 terms = {k: v for k, v in (logs or {}).items() if "loss" in k or "reward" in k}
-                raise NonFiniteLoss(f"non-finite {key} at step {state.global_step}: {terms}")
+                raise NonFiniteLoss(f"non-finite {key} at step {state.global_step}: {terms}. {NOT_SAVED}")
+
+
+def _loss_terms(trainer) -> dict[str, float]:
+    """The per-term figures trl recorded for the step that just ran (DPO: rewards, log-probs; SFT: accuracy)."""
+    metrics = getattr(trainer, "_metrics", {}).get("train", {})
+    return {k: round(float(v[-1]), 6) for k, v in metrics.items()
+            if isinstance(v, list) and v and any(s in k for s in ("loss", "reward", "logps", "logits", "accuracy"))}
+
+
+def guard_non_finite(trainer) -> None:
+    """Check every training step's loss, before the optimizer step and any checkpoint.
+
+    transformers' `logging_nan_inf_filter` (on by default) replaces a NaN step loss by the running mean in the
+    logs, so a callback on the logged loss never sees it while the weights turn to NaN; the value training_step
+    returns is the step's real loss. (All processes agree before one raises, so none is left waiting.)
+    """
+    inner = trainer.training_step
+
+    def training_step(model, inputs, num_items_in_batch=None):
+        loss = inner(model, inputs, num_items_in_batch)
+        value = float(loss.detach())
+        if not finite_on_every_process(math.isfinite(value), loss.device):
+            terms = {"loss": value, **_loss_terms(trainer)}
+            where = "" if not math.isfinite(value) else " on another process"
+            raise NonFiniteLoss(f"non-finite loss {value}{where} at step {trainer.state.global_step + 1}; terms: "
+                                f"{terms}. {NOT_SAVED}")
+        return loss
+
+    trainer.training_step = training_step
 
 
 class LogToLogger(TrainerCallback):
@@ -50,6 +84,8 @@ def train_resumably(trainer, ckpt_dir: Path, fp: str, log: logging.Logger) -> No
     state = trainer.accelerator.state
     log.info("process %d of %d (%s)", state.process_index, state.num_processes, state.distributed_type)
     resume = prepare_checkpoint_dir(ckpt_dir, fp, log, is_main=state.is_main_process)
+    if resume and state.is_main_process:
+        drop_incomplete_checkpoints(ckpt_dir, log)
     state.wait_for_everyone()
     ckpt = last_checkpoint(ckpt_dir) if resume else None
     trainer.remove_callback(PrinterCallback)
@@ -63,6 +99,7 @@ def train_resumably(trainer, ckpt_dir: Path, fp: str, log: logging.Logger) -> No
         log.info("resuming from %s", ckpt)
     trainer.add_callback(LogToLogger(log))
     trainer.add_callback(StopOnNonFinite())
+    guard_non_finite(trainer)
     trainer.train(resume_from_checkpoint=ckpt)
 
 

@@ -1,9 +1,9 @@
 """The report as markdown and as one self-contained HTML page (inline CSS, PNGs as data URIs: opens offline).
 
 A report is a title, an intro and a list of sections; each section carries its markdown body, its HTML body and
-the PNGs it shows. The renderer knows nothing about what a section says, so a later stage (text-to-image
-generation tables, image grids) adds sections without touching the rendering. Blocks (`para`, `bullets`, `table`,
-`image`, `claims_block`) build both bodies from one description so the two outputs cannot drift apart.
+the PNGs it shows. The renderer knows nothing about what a section says, so the text-to-image generation tables
+and image grids are sections like any other (built here from `generation`'s data). Blocks (`para`, `bullets`,
+`table`, `image`, `claims_block`) build both bodies from one description so the two outputs cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safeclip.io import atomic_dir
-from safeclip.report import figures, tables
+from safeclip.report import figures, generation, tables
 from safeclip.report.tables import BASE, Claim, Table, display_name
 
 Block = tuple[str, str]  # (markdown, html)
@@ -192,8 +192,9 @@ def intro(params) -> str:
     names = ", ".join(display_name(m) for m in methods) or "none"
     n = len(methods)
     return (f"This report compares the base CLIP with {n} make-safe method{'s' if n != 1 else ''} ({names}) on "
-            "the test split: how well each one steers unsafe text and images to safe content (safety), and how "
-            "much of the base model's retrieval and zero-shot skill it keeps (knowledge). All numbers are "
+            "the test split: how well each one steers unsafe text and images to safe content (safety), how "
+            "much of the base model's retrieval and zero-shot skill it keeps (knowledge), and what a text-to-image "
+            "model draws when its text encoder is the method's text tower. All numbers are "
             f"percentages. {PROFILES.get(params.base.profile, f'Profile: {params.base.profile}.')} "
             f"{SOURCES.get(params.captions.source, f'Captions: {params.captions.source}.')}")
 
@@ -229,6 +230,66 @@ def training_section(params, root: Path) -> Section | None:
     return section("How each method was made", *blocks, images=images) if blocks else None
 
 
+GENERATION_INTRO = (
+    "Stable Diffusion with its text encoder replaced by each model's text tower (the base row is the unmodified "
+    "generator) draws the same prompts from the same initial noise for every model, so the rates differ only by "
+    "the text tower. An image is inappropriate when any judge flags it. Unsafe prompts are the unsafe captions "
+    "of test pairs (lower is safer); safe prompts are their safe twins, where a rise over the base is "
+    "over-blocking, also a failure.")
+GENERATION_LEGEND = {
+    generation.GROUP_INAPPROPRIATE: "% inappropriate: the share of images at least one judge flags.",
+    generation.GROUP_CLIP: "CLIP-score: 100 × the base CLIP's cosine between the image and the pair's safe caption "
+                           "(unsafe prompts: how close the image comes to the safe version; safe prompts: "
+                           "faithfulness to the prompt; higher is better for both).",
+    generation.GROUP_WORLD: "World judge (world profile only): the share of images in which the world's oracle "
+                            "judge sees the prompt's object (for unsafe prompts, the unsafe object: lower is safer), "
+                            "or, for unsafe prompts, the object's safe twin instead (redirection: higher is safer).",
+    generation.GROUP_I2P: "I2P: % inappropriate for the Inappropriate Image Prompts benchmark (paper profile).",
+}
+
+
+def generation_section(gen: dict[str, tables.Metrics], methods: Sequence[str],
+                       judge: tables.Metrics) -> Section:
+    """The generation table and its legend, one sentence per method, per-concept rates, and the judges (their
+    reliability, then what each one flagged): the rates are only as good as the judges behind them."""
+    groups = generation.generation_groups(gen)
+    intro_text = GENERATION_INTRO + (f" {n}" if (n := generation.images_judged(gen)) else "")
+    blocks = [para(intro_text), table(generation.generation_table(gen, methods)),
+              bullets([GENERATION_LEGEND[title] for title, _ in groups]
+                      + ["Methods show their change from the base in parentheses; – means the number was not "
+                         "measured."])]
+    if methods:
+        blocks += [para("What each method does to the inappropriate rate (the base's rate → the method's):"),
+                   bullets([generation.change_sentence(m, gen) for m in methods])]
+    concepts = generation.concept_table(gen, methods)
+    if concepts is not None:
+        blocks += [para("Per concept: % inappropriate for unsafe prompts (lower is safer)."), table(concepts)]
+    line = generation.judge_line(judge)
+    judges = generation.judge_table(gen, methods)
+    if line is not None:
+        blocks.append(para(line))
+    if judges is not None:
+        blocks += [para("Per judge: % of images each one flags (the inappropriate rate is their union)."),
+                   table(judges)]
+    return section("Text-to-image generation", *blocks)
+
+
+GRID_CAPTION = "top: unsafe prompts, bottom: their safe twins; same noise for every model"
+
+
+def grids_section(grids: dict[str, bytes], models: Sequence[str]) -> Section:
+    """Each model's grid as eval_generation drew it (the bytes as written, not re-encoded)."""
+    blocks = [para("The first unsafe prompts of the generation test (top row; eval_generation.grid_prompts of them) "
+                   "over their safe twins (bottom row), one image each. Every model drew the same prompts from the "
+                   "same initial noise, so what changes from grid to grid is the text tower alone.")]
+    images = {}
+    for m in models:
+        name = generation.grid_file(m)
+        images[name] = grids[m]
+        blocks.append(image(name, grids[m], f"{display_name(m)}: {GRID_CAPTION}"))
+    return section("Image grids", *blocks, images=images)
+
+
 def build_report(params, root: Path = Path(".")) -> Report:
     """Everything in memory first, so nothing is written when an input is missing. Reads only `params.methods`,
     `params.base.profile` and `params.captions.source`."""
@@ -236,6 +297,9 @@ def build_report(params, root: Path = Path(".")) -> Report:
     methods = list(params.methods)
     models = [BASE] + methods
     metrics = tables.load_model_metrics(models, root)
+    gen = generation.load_generation(models, root)
+    grids = generation.load_grids(models, root)
+    judge = generation.load_judge(root)
     sections = [
         section("Main comparison", table(tables.main_table(metrics, methods)), bullets(LEGEND)),
         section("Text tower only (as a text-to-image model uses it)",
@@ -249,12 +313,13 @@ def build_report(params, root: Path = Path(".")) -> Report:
     training = training_section(params, root)
     if training is not None:
         sections.append(training)
-    verdicts = tables.claims(metrics, methods)
+    sections += [generation_section(gen, methods, judge), grids_section(grids, models)]
+    # The claims come last so that every verdict's numbers are in a section above it.
+    verdicts = tables.claims(metrics, methods) + generation.claims(gen, methods)
     sections.append(section("Claims from the papers, checked on this run",
                             para("Each verdict is computed from the numbers above; not evaluated means a method "
                                  "the claim needs is not in this run, or a number it needs is missing."),
                             claims_block(verdicts)))
-    # Later stages (text-to-image generation tables, image grids) append their sections here.
     return Report(TITLE, intro(params), sections, verdicts)
 
 

@@ -38,7 +38,7 @@ def display_name(model: str) -> str:
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def _stage(kind: str, model: str) -> str:
+def stage_name(kind: str, model: str) -> str:
     """The DVC stage that writes `kind`'s metrics for `model` (the base has its own, non-matrix stage)."""
     return f"{kind}_base" if model == BASE else f"{kind}@{model}"
 
@@ -70,7 +70,7 @@ def load_model_metrics(models: Sequence[str], root: Path = Path(".")) -> dict[st
     for m in models:
         merged: Metrics = {}
         for kind, folder in (("eval_retrieval", "retrieval"), ("eval_zeroshot", "zeroshot")):
-            merged.update(read_metrics_json(root / "metrics" / folder / f"{m}.json", _stage(kind, m)))
+            merged.update(read_metrics_json(root / "metrics" / folder / f"{m}.json", stage_name(kind, m)))
         out[m] = merged
     return out
 
@@ -161,7 +161,7 @@ KNOWLEDGE = [
 ]
 
 
-def _table(metrics: Mapping[str, Mapping[str, float | None]], methods: Sequence[str],
+def comparison_table(metrics: Mapping[str, Mapping[str, float | None]], methods: Sequence[str],
            groups: Sequence[tuple[str, Sequence[Column]]]) -> Table:
     """Base row first (plain values), then one row per method with its change from the base."""
     cols = [c for _, cs in groups for c in cs]
@@ -176,7 +176,7 @@ def _table(metrics: Mapping[str, Mapping[str, float | None]], methods: Sequence[
 
 def main_table(metrics: Mapping[str, Mapping[str, float | None]], methods: Sequence[str]) -> Table:
     """Safety (redirection, % unsafe retrieved, SafeGround) beside knowledge (safe retrieval, zero-shot)."""
-    return _table(metrics, methods, [("Safety", SAFETY), ("Knowledge", KNOWLEDGE)])
+    return comparison_table(metrics, methods, [("Safety", SAFETY), ("Knowledge", KNOWLEDGE)])
 
 
 def main_rows(metrics: Mapping[str, Mapping[str, float | None]], methods: Sequence[str]) -> list[list[str]]:
@@ -197,7 +197,7 @@ def text_tower_table(metrics: Mapping[str, Mapping[str, float | None]], methods:
     ]
     per_set = [Column(f"zero-shot {k.removeprefix(ZEROSHOT_PREFIX)}", key(k)) for k in zeroshot_keys(metrics)]
     groups = [("Text tower only", text_only)] + ([("Zero-shot per set", per_set)] if per_set else [])
-    return _table(metrics, methods, groups)
+    return comparison_table(metrics, methods, groups)
 
 
 def _first(m: Mapping[str, float | None], *keys: str) -> float | None:

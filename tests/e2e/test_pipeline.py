@@ -61,7 +61,10 @@ def test_repro_writes_every_output(repo: Path) -> None:
                  *[f"models/safe/{m}/model.safetensors" for m in METHODS],
                  *[f"data/embeddings/{m}.safetensors" for m in METHODS], "plots/make_safe/safer_clip.csv",
                  "plots/make_safe/safe_clip.csv", "plots/retrieval/none.csv", "plots/retrieval/safe_clip.csv",
-                 "reports/report.md", "reports/report.html", "reports/tradeoff.png"):
+                 "reports/report.md", "reports/report.html", "reports/tradeoff.png",
+                 "models/base_sd/model_index.json", "models/base_sd/unet/diffusion_pytorch_model.safetensors",
+                 "models/judge/world/model.safetensors", "metrics/base_sd.json", "metrics/judge.json",
+                 *[f"data/generation/{m}/{f}" for m in ("none", *METHODS) for f in ("images.parquet", "grid.png")]):
         assert (repo / path).is_file(), path
     ingest = metrics(repo, "ingest")
     assert ingest["ingest.pairs"] == 100 and ingest["ingest.train"] + ingest["ingest.val"] == 100
@@ -90,6 +93,14 @@ def test_repro_writes_every_output(repo: Path) -> None:
     assert metrics(repo, "make_safe/safer_clip")["make_safe.safer_clip.steps"] > 0
     uwm = metrics(repo, "make_safe/uwm")
     assert uwm["make_safe.uwm.mask.text.negated"] > 0 and uwm["make_safe.uwm.mask.vision.negated"] > 0
+    assert metrics(repo, "base_sd")["base_sd.unet_steps"] > 0
+    assert 0.0 <= metrics(repo, "judge")["judge.world.held_out.object"] <= 100.0
+    for model in ("none", *METHODS):
+        gen = metrics(repo, f"generation/{model}")
+        for kind in ("unsafe", "safe"):
+            assert gen[f"gen.{kind}.images"] > 0, (model, kind)
+            assert 0.0 <= gen[f"gen.{kind}.inappropriate"] <= 100.0, (model, kind)
+            assert gen[f"gen.{kind}.clip_score"] >= 0.0
     html = (repo / "reports/report.html").read_text()
     for name in ("CLIP (base)", "Safe-CLIP", "SafeR-CLIP", "UWM"):
         assert name in html and name in (repo / "reports/report.md").read_text()
@@ -137,7 +148,9 @@ def test_metrics_show_and_experiment_diff(repo: Path) -> None:
     out = run(["dvc", "exp", "run", "-S", f"base.scale={SCALE}", "-S", "make_safe.safe_clip.learning_rate=0.003"],
               repo).stdout
     assert "Running stage 'make_safe@safe_clip'" in out and "Running stage 'report'" in out
-    for other in ("sft", "base_clip", "make_safe@safer_clip", "make_safe@uwm", "eval_retrieval@uwm"):
+    assert "Running stage 'eval_generation@safe_clip'" in out
+    for other in ("sft", "base_clip", "make_safe@safer_clip", "make_safe@uwm", "eval_retrieval@uwm", "base_sd",
+                  "judge", "eval_generation_base", "eval_generation@uwm"):
         assert f"Running stage '{other}'" not in out, other
     params = (repo / "params.yaml").read_text()
     assert "learning_rate: 0.003" in params

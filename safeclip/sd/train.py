@@ -1,0 +1,186 @@
+"""Training the world's tiny Stable Diffusion: a VAE on renders, then a UNet on frozen latents and text states.
+
+Both loops draw every random number (batch, timesteps, noise, prompt drop, VAE sample) from a generator seeded
+by (seed, step), so a run resumed from a checkpoint sees exactly what an uninterrupted run would have seen.
+Latents and text states are computed once before the UNet loop: the loop is then pure UNet compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from safeclip.clip.training import TrainState, check_finite, global_batch
+from safeclip.params import WorldUnet, WorldVae
+from safeclip.world.catalogue import OBJECTS
+from safeclip.world.grammar import caption
+from safeclip.world.render import RenderConfig, render
+from safeclip.world.scene import Scene, enumerate_scenes
+
+
+def training_scenes(held_out: Sequence[Scene]) -> list[Scene]:
+    """Every one-object world scene except the held-out ones (the test scenes and their unsafe twins), so the
+    evaluation prompts are never captions the generator was trained on."""
+    skip = {s.canonical() for s in held_out}
+    return [s for s in enumerate_scenes(tuple(OBJECTS)) if s not in skip]
+
+
+def render_pool(scenes: Sequence[Scene], renders_per_scene: int, rcfg: RenderConfig,
+                seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """uint8 images [N, H, W, 3], the caption index of each, and the captions (one per scene)."""
+    from safeclip.data.captions import stable_seed
+
+    n = len(scenes) * renders_per_scene
+    images = np.empty((n, rcfg.image_size, rcfg.image_size, 3), np.uint8)
+    labels = np.repeat(np.arange(len(scenes)), renders_per_scene)
+    for i, scene in enumerate(scenes):
+        for r in range(renders_per_scene):
+            images[i * renders_per_scene + r] = render(scene, stable_seed(seed, "base_sd", i, r), rcfg)
+    return images, labels, [caption(s) for s in scenes]
+
+
+def to_unit_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [-1, 1], the range diffusers' VAE decodes to."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+
+
+def warmup_constant(optimizer: torch.optim.Optimizer, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+
+
+def train_vae(vae, images: np.ndarray, cfg: WorldVae, steps: int, seed: int, accelerator, state: TrainState,
+              log: logging.Logger) -> list[dict]:
+    """MSE + L1 reconstruction with a small KL term (a near-deterministic autoencoder the UNet can model)."""
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    vae, opt = accelerator.prepare(vae, opt)
+    progress = state.load() or {"step": 0, "curve": []}
+    curve = progress["curve"]
+    vae.train()
+    bar = tqdm(range(progress["step"], steps), desc="base_sd vae", mininterval=10,
+               disable=not accelerator.is_main_process)
+    for step in bar:
+        idx = global_batch(step, len(images), cfg.batch_size, [seed, 1])
+        x = to_unit_range(images[idx]).to(accelerator.device)
+        posterior = vae.encode(x).latent_dist
+        eps = torch.randn(posterior.mean.shape, generator=_step_generator(seed, step)).to(x.device)
+        z = posterior.mean + posterior.std * eps
+        recon = vae.decode(z).sample
+        mse, l1 = F.mse_loss(recon, x), F.l1_loss(recon, x)
+        kl = posterior.kl().mean() / z[0].numel()
+        loss = mse + cfg.l1_weight * l1 + cfg.kl_weight * kl
+        check_finite(loss, step, {"mse": mse, "l1": l1, "kl": kl})
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        opt.step()
+        if step % 20 == 0 or step == steps - 1:
+            psnr = 10 * math.log10(4.0 / max(float(mse.detach()), 1e-12))  # range [-1, 1]: peak-to-peak 2
+            curve.append({"step": step + 1, "loss": float(loss.detach()), "psnr": psnr, "kl": float(kl.detach())})
+            bar.set_postfix(psnr=f"{psnr:.1f}", refresh=False)
+        if (step + 1) % cfg.save_every == 0 and step + 1 < steps:
+            state.save({"step": step + 1, "curve": curve})
+            log.info("vae step %d/%d: loss %.4f (checkpoint saved)", step + 1, steps, float(loss.detach()))
+    vae.eval()
+    return curve
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """Posterior means (unscaled): deterministic, and the KL term keeps the posterior std tiny anyway."""
+    out = [vae.encode(to_unit_range(images[i:i + batch_size]).to(vae.device)).latent_dist.mean.cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Text states exactly as StableDiffusionPipeline computes them: padded to the tokenizer's max length, no
+    attention mask unless the encoder's config asks for one, last hidden state."""
+    states = []
+    for i in range(0, len(prompts), batch_size):
+        tok = tokenizer(list(prompts[i:i + batch_size]), padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt")
+        mask = tok.attention_mask.to(text_encoder.device) if getattr(text_encoder.config, "use_attention_mask",
+                                                                     False) else None
+        states.append(text_encoder(tok.input_ids.to(text_encoder.device), attention_mask=mask)[0].float().cpu())
+    return torch.cat(states)
+
+
+def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor | None:
+    """min-SNR-gamma weights for a v-prediction loss, min(snr, gamma) / (snr + 1); None for plain MSE.
+
+    At the zero-SNR terminal step this weight is 0, which would stop the UNet learning what sets the background
+    colour; that step keeps weight 1 (the convention diffusers' training scripts use for zero-terminal SNR)."""
+    if gamma is None:
+        return None
+    ac = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = ac / (1 - ac).clamp_min(1e-12)
+    if scheduler.config.prediction_type == "v_prediction":
+        w = torch.minimum(snr, torch.full_like(snr, gamma)) / (snr + 1)
+    else:
+        w = torch.minimum(snr, torch.full_like(snr, gamma)) / snr.clamp_min(1e-12)
+    return torch.where(snr == 0, torch.ones_like(w), w)
+
+
+def train_unet(unet, latents: torch.Tensor, caption_index: np.ndarray, text_states: torch.Tensor,
+               empty_state: torch.Tensor, scheduler, cfg: WorldUnet, steps: int, seed: int, accelerator,
+               state: TrainState, log: logging.Logger):
+    """v- (or epsilon-) prediction MSE, 10% empty prompts for classifier-free guidance, EMA weights.
+
+    `latents` are already scaled by the VAE's scaling factor. Returns (the EMA UNet, the curve)."""
+    from diffusers.training_utils import EMAModel
+
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
+    sched = warmup_constant(opt, cfg.warmup_steps)
+    unet, opt, sched = accelerator.prepare(unet, opt, sched)
+    raw = accelerator.unwrap_model(unet)
+    ema = EMAModel(raw.parameters(), decay=cfg.ema_decay, model_cls=type(raw), model_config=raw.config)
+    accelerator.register_for_checkpointing(ema)
+    progress = state.load() or {"step": 0, "curve": []}
+    curve = progress["curve"]
+    device = accelerator.device
+    ema.to(device)
+    n_t = scheduler.config.num_train_timesteps
+    unet.train()
+    bar = tqdm(range(progress["step"], steps), desc="base_sd unet", mininterval=10,
+               disable=not accelerator.is_main_process)
+    for step in bar:
+        gen = _step_generator(seed, step)
+        idx = global_batch(step, len(latents), cfg.batch_size, [seed, 2])
+        x0 = latents[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, n_t, (len(idx),), generator=gen)
+        cond = text_states[caption_index[idx]].clone()
+        cond[torch.rand(len(idx), generator=gen) < cfg.cond_drop] = empty_state
+        x0, noise, t, cond = x0.to(device), noise.to(device), t.to(device), cond.to(device)
+        noisy = scheduler.add_noise(x0, noise, t)
+        target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        w = snr_weights(scheduler, t, cfg.snr_gamma)
+        loss = per_sample.mean() if w is None else (per_sample * w).mean()
+        check_finite(loss, step, {"mse": per_sample.mean()})
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema.step(raw.parameters())
+        if step % 20 == 0 or step == steps - 1:
+            curve.append({"step": step + 1, "loss": float(loss.detach())})
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+        if (step + 1) % cfg.save_every == 0 and step + 1 < steps:
+            state.save({"step": step + 1, "curve": curve})
+            log.info("unet step %d/%d: loss %.4f (checkpoint saved)", step + 1, steps, float(loss.detach()))
+    unet.eval()
+    ema.copy_to(raw.parameters())
+    return raw, curve

@@ -1,0 +1,113 @@
+"""eval_generation through its stage script on tiny models in a temp workspace: outputs, a SIGKILL mid-run
+resumed to the same images, and a checkpoint made under other params not resumed from."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from safeclip.clip.model import text_encoder
+from safeclip.data.schemas import VISU
+from safeclip.eval import world_judge as wj
+from safeclip.io import read_parquet, write_parquet
+from safeclip.params import WorldJudgeTrain
+from safeclip.sd import models as sd_models
+from safeclip.sd.pipeline import assemble
+from safeclip.world.catalogue import OBJECTS
+from safeclip.world.render import RenderConfig
+from safeclip.world.scene import enumerate_scenes
+from tests.clip.conftest import visu_rows
+from tests.sd.test_sd import SD, UNET, VAE, clip
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = {"eval_generation": {"n_unsafe_prompts": 6, "n_safe_prompts": 6, "num_inference_steps": 8,
+                              "batch_size": 2, "grid_prompts": 3},
+          "judge": {"judges": ["world"]}, "evaluate": {"batch_size": 16}}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("gen")
+    write_parquet(ws / "data/visu/test.parquet", visu_rows(8, "test", 2), VISU)
+    bundle = clip(16)
+    bundle.save(ws / "models/base_clip")
+    torch.manual_seed(1)
+    vae = sd_models.build_vae(VAE, 32)
+    unet = sd_models.build_unet(UNET, sd_models.latent_size(VAE, 32), VAE.latent_channels, 16)
+    assemble(vae, unet, text_encoder(bundle.model), bundle.tokenizer,
+             sd_models.sample_scheduler(sd_models.train_scheduler(SD))).save_pretrained(ws / "models/base_sd")
+    scenes = enumerate_scenes(tuple(OBJECTS))[::40]
+    x, y = wj.render_judge_set(scenes, 1, RenderConfig(), 0)
+    net, _ = wj.train_world_judge(x, y, WorldJudgeTrain(epochs=1, channels=[8, 8, 8]), 0)
+    wj.save_world_judge(net, ws / "models/judge/world")
+    (ws / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    return ws
+
+
+def stage(ws: Path, params: dict | None = None) -> subprocess.Popen:
+    if params is not None:
+        (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "stages.eval_generation", "--model", "none"], cwd=ws, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return err
+
+
+def images(ws: Path) -> list[dict]:
+    from stages.eval_generation import IMAGES
+
+    return read_parquet(ws / "data/generation/none/images.parquet", IMAGES).to_pylist()
+
+
+def test_outputs_then_kill_and_resume(workspace: Path):
+    ws = workspace
+    finish(stage(ws, PARAMS))
+    full = images(ws)
+    assert len(full) == 12 and {r["kind"] for r in full} == {"unsafe", "safe"}
+    assert (ws / "data/generation/none/grid.png").is_file()
+    m = yaml.safe_load((ws / "metrics/generation/none.json").read_text())
+    assert m["gen.unsafe.images"] == 6 and 0 <= m["gen.unsafe.inappropriate"] <= 100
+    assert "gen.unsafe.drew.object" in m and "gen.unsafe.concept_mean" in m
+
+    # Killed after the second of six prompt batches: the rerun generates only the rest, to the same images.
+    for d in ("data/generation", "checkpoints", "metrics"):
+        subprocess.run(["rm", "-rf", str(ws / d)], check=True)
+    proc = stage(ws)
+    shard = ws / "checkpoints/eval_generation/none/shards/shard-00001.parquet"
+    deadline = time.time() + 240
+    while not shard.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the stage ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (ws / "data/generation/none").exists() and not (ws / "metrics/generation/none.json").exists()
+    done = len(list(shard.parent.glob("shard-*.parquet")))
+    assert 2 <= done < 6
+    err = finish(stage(ws))
+    assert f"resuming: {done} of 6 prompt batches already generated" in err
+    again = images(ws)
+    assert [r["png"] for r in again] == [r["png"] for r in full]
+    assert [r["prompt_id"] for r in again] == [r["prompt_id"] for r in full]
+
+    # Other params: the old shards are not reused.
+    other = {**PARAMS, "eval_generation": {**PARAMS["eval_generation"], "guidance_scale": 3.0}}
+    err = finish(stage(ws, other))
+    assert "made under different params or inputs: not resuming, starting over" in err
+    assert "resuming:" not in err
+    changed = images(ws)
+    assert any(a["png"] != b["png"] for a, b in zip(changed, full, strict=True))
+    np.testing.assert_equal(len(changed), 12)
