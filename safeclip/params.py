@@ -347,6 +347,7 @@ class WorldUnet(Section):
     """The world's UNet2DConditionModel (~1M params): cross-attention on the frozen base CLIP text tower."""
     block_out_channels: list[PosInt] = [32, 64]
     layers_per_block: PosInt = 1
+    cross_attention_levels: PosInt = 1  # resolution levels with cross-attention, counted from the lowest
     attention_head_dim: PosInt = 8
     norm_num_groups: PosInt = 8
     steps: PosInt = 2000
@@ -357,11 +358,15 @@ class WorldUnet(Section):
     cond_drop: Annotated[float, Field(ge=0, lt=1)] = 0.1  # empty prompt, for classifier-free guidance
     # min-SNR-gamma loss weighting (Hang et al. 2023); null = plain MSE on v
     snr_gamma: PosFloat | None = None
+    snr_keep_low: bool = False  # with snr_gamma: weight 1 on the noisy steps, min(1, gamma / (snr + 1))
     save_every: PosInt = 200
 
 
 class WorldSd(Section):
     renders_per_scene: PosInt = 4  # nuisance re-renders of every training scene
+    # Pixel noise of the training renders. The world's noise (`world.noise_std`) is there to make CLIP robust;
+    # a generator that learns to draw it spends VAE and UNet capacity on texture instead of glyphs
+    render_noise_std: Annotated[float, Field(ge=0, le=50)] = 0.0
     vae: WorldVae = WorldVae()
     unet: WorldUnet = WorldUnet()
     # v-prediction on a zero-terminal-SNR schedule with trailing timesteps: with epsilon-prediction the
@@ -384,10 +389,12 @@ class WorldJudgeTrain(Section):
     """The world's oracle judge: a small CNN with object/colour/position/background heads on real renders."""
     renders_per_scene: PosInt = 3
     held_out_fraction: Fraction = 0.1  # scenes never seen in training, for the accuracy metric
-    epochs: PosInt = 4
-    batch_size: PosInt = 128
-    learning_rate: PosFloat = 2e-3
-    channels: list[PosInt] = [32, 64, 64]
+    # Calibrated (3 seeds): object 99.0-99.4%, unsafe 100% on held-out scenes, object >=98.4% on renders
+    # degraded like generated images (no pixel noise, blur 0.7 px), ~90 s on one thread
+    epochs: PosInt = 8
+    batch_size: PosInt = 64
+    learning_rate: PosFloat = 3e-3
+    channels: list[PosInt] = [48, 48, 64]
 
 
 JudgeName = Literal["world", "nudenet", "opennsfw", "q16"]

@@ -1,6 +1,7 @@
 """base_sd: world -> train a tiny Stable Diffusion (VAE, then a UNet on the frozen base CLIP text tower) on world
 renders -> models/base_sd (a StableDiffusionPipeline folder); paper -> resolve the pipeline id or path."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def main() -> None:
     if params.base.scale < 1:  # CI: a seeded subset of the scenes, the same code path
         keep = np.random.default_rng([seed, 8]).permutation(len(scenes))[:scaled(len(scenes), params.base.scale, 64)]
         scenes = [scenes[i] for i in sorted(keep)]
-    rcfg = render_config(params.world)
+    rcfg = dataclasses.replace(render_config(params.world), noise_std=w.render_noise_std)
     images, labels, captions = sd_train.render_pool(scenes, w.renders_per_scene, rcfg, seed)
     log.info("training pool: %d renders of %d scenes (%d held-out scenes excluded)", len(images), len(scenes),
              len(set(held_out)))

@@ -35,7 +35,7 @@ def main() -> None:
             n = scaled(len(train), params.base.scale, 64)
             x, y = wj.render_judge_set(train[:n], w.renders_per_scene, rcfg, seed)
             log.info("world judge: %d renders of %d training scenes", len(x), n)
-            model, curve = wj.train_world_judge(x, y, w, seed, log)
+            model, curve = wj.train_world_judge(x, y, w, seed, log, noise_std=params.world.noise_std)
             hx, hy = wj.render_judge_set(held, 1, rcfg, seed + 1)
             acc = wj.judge_accuracy(model, hx, hy)
             metrics.update({f"judge.world.held_out.{k}": 100 * v for k, v in acc.items()})

@@ -57,6 +57,8 @@ def read_i2p(path: str | Path, limit: int | None = None) -> list[Prompt]:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not valid UTF-8 (byte {e.start}); save the CSV as UTF-8") from e
+    if not text.strip():
+        raise InputError(f"{path}: the file is empty (an I2P CSV has a header line: prompt,categories,...)")
     reader = csv.DictReader(text.splitlines())
     missing = {"prompt", "categories"} - set(reader.fieldnames or [])
     if missing:

@@ -3,8 +3,9 @@
 The generation evaluation asks whether a *generated* world image shows an unsafe stand-in. Generated images
 come out of a tiny Stable Diffusion through a small VAE: smoother than real renders, without pixel noise,
 slightly blurred and with colours a little off. The judge is trained on real renders only (they are the ground
-truth), so training adds blur, noise and colour/contrast shifts on the fly; without them a judge that is
-near-perfect on renders can read VAE-smoothed glyphs as something else.
+truth), so training adds blur, noise and colour/contrast shifts on the fly. Without them a judge that is 99%
+right on renders fell to 87% on the object (97% on the unsafe verdict) once renders were blurred with sigma
+1 px; with them it kept 96% (99.8%), at no cost on clean renders.
 
 Inputs are float tensors [N, 3, H, W] in [0, 1]; the first layer's BatchNorm does the centring.
 Everything random (weights, batch order, augmentation) hangs off one seed, and with one CPU thread training is
@@ -18,6 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,32 +190,43 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = 2) -> torc
     return y.reshape(n, c, h, w)
 
 
+@dataclass(frozen=True)
+class Augment:
+    """Training-time nuisance. Blurring every image with sigma up to 1 px slowed learning the circle/hexagon
+    difference (fractions of a pixel) and cost ~1 point of clean object accuracy at equal training time; leaving
+    30% of the images untouched and capping sigma at 0.8 px won most of it back, and the judge still reads
+    renders blurred with sigma 1 px (no pixel noise) 96% right."""
+
+    p: float = 0.7  # fraction of images augmented; the rest are seen as rendered
+    max_blur: float = 0.8  # Gaussian sigma U(0, max_blur) px
+    noise_factor: float = 2.0  # added noise std U(0, noise_factor * world noise_std)
+    max_shift: float = 0.06  # per-channel additive colour shift U(-max_shift, max_shift), images in [0, 1]
+    contrast: float = 0.15  # contrast scale U(1 - contrast, 1 + contrast) about the image mean
+
+
 def augment(x: torch.Tensor, gen: torch.Generator, noise_std: float = RenderConfig.noise_std,
-            max_blur: float = 1.0, max_shift: float = 0.06, contrast: float = 0.15, p: float = 1.0) -> torch.Tensor:
+            cfg: Augment = Augment()) -> torch.Tensor:
     """Make a render look like it could have come out of the VAE, or be noisier than any render.
 
     Per image: contrast scaling about the image mean and a per-channel colour shift (VAE colours are a little
-    off), a Gaussian blur of sigma U(0, max_blur) px (which also wipes most of the render's own pixel noise,
-    as a decoder does), then fresh Gaussian noise of std U(0, 2 * noise_std) on the 0-255 scale (from none,
-    like a generated image, to twice the world's). All draws come from `gen`.
+    off), a Gaussian blur (which also wipes most of the render's own pixel noise, as a decoder does), then
+    fresh Gaussian noise from none (like a generated image) to twice the world's. All draws come from `gen`,
+    and all are made whatever `cfg` says, so changing one setting does not reshuffle the others.
     """
     n, x0 = x.shape[0], x
     u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    scale = 1 + contrast * (2 * u(n, 1, 1, 1) - 1)
-    shift = max_shift * (2 * u(n, 3, 1, 1) - 1)
+    scale = 1 + cfg.contrast * (2 * u(n, 1, 1, 1) - 1)
+    shift = cfg.max_shift * (2 * u(n, 3, 1, 1) - 1)
     x = (x - mean) * scale + mean + shift
-    x = gaussian_blur(x, max_blur * u(n))
-    std = 2 * noise_std / 255.0 * u(n, 1, 1, 1)
+    x = gaussian_blur(x, cfg.max_blur * u(n))
+    std = cfg.noise_factor * noise_std / 255.0 * u(n, 1, 1, 1)
     x = x + std * torch.randn(x.shape, generator=gen)
-    keep = (u(n, 1, 1, 1) >= p).float()  # drawn whatever p is, so p does not shift the other draws
+    keep = (u(n, 1, 1, 1) >= cfg.p).float()
     return (keep * x0 + (1 - keep) * x).clamp_(0.0, 1.0)
 
 
 # --- training and accuracy --------------------------------------------------------------------------------------
-
-
-AUGMENT: dict[str, float] = {"max_blur": 1.0, "max_shift": 0.06, "contrast": 0.15, "p": 1.0}
 
 
 def _lr_at(step: int, total: int, base: float) -> float:
@@ -226,7 +239,8 @@ def _lr_at(step: int, total: int, base: float) -> float:
 
 def train_world_judge(images: np.ndarray, labels: Mapping[str, np.ndarray], cfg: WorldJudgeTrain, seed: int,
                       log: logging.Logger | None = None, *,
-                      noise_std: float = RenderConfig.noise_std) -> tuple[WorldJudgeNet, list[dict]]:
+                      noise_std: float = RenderConfig.noise_std,
+                      augmentation: Augment = Augment()) -> tuple[WorldJudgeNet, list[dict]]:
     """Train on uint8 renders [N, H, W, 3] with the `augment` nuisance; returns the net (eval mode) and a
     per-epoch curve. `noise_std` is the world's pixel noise (0-255), the scale of the added noise.
 
@@ -261,7 +275,7 @@ def train_world_judge(images: np.ndarray, labels: Mapping[str, np.ndarray], cfg:
         seen = 0
         for k in range(per_epoch):
             idx = perm[k * batch:(k + 1) * batch]
-            x = augment(x_all[idx].float().div_(255.0), gen, noise_std=noise_std, **AUGMENT)
+            x = augment(x_all[idx].float().div_(255.0), gen, noise_std=noise_std, cfg=augmentation)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, cfg.learning_rate)
             out = net(x)
@@ -360,7 +374,7 @@ def save_world_judge(model: WorldJudgeNet, path: str | Path) -> None:
 def load_world_judge(path: str | Path) -> WorldJudgeNet:
     """Weights through safetensors only (no pickle), and only if the config's classes are today's catalogue:
     a judge trained on another world would name the wrong objects without any error."""
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -394,7 +408,7 @@ def load_world_judge(path: str | Path) -> WorldJudgeNet:
         raise InputError(f"{cfg_path}: channels/image_size/position_channels: not a valid architecture ({e})") from e
     try:
         state = load_file(str(weights))
-    except (SafetensorsError, OSError) as e:
+    except (SafetensorError, OSError) as e:
         raise InputError(f"{weights}: not a readable safetensors file ({e})") from e
     try:
         net.load_state_dict(state, strict=True)

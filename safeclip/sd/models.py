@@ -30,9 +30,9 @@ def build_unet(cfg: WorldUnet, sample_size: int, latent_channels: int,
                cross_attention_dim: int) -> UNet2DConditionModel:
     """Cross-attention only at the lowest resolution (and the mid block): the glyph/word binding happens there,
     and attention at full latent resolution tripled the step time for no gain in the prototype."""
-    n = len(cfg.block_out_channels)
-    down = ("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",)
-    up = ("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1)
+    n, k = len(cfg.block_out_channels), min(cfg.cross_attention_levels, len(cfg.block_out_channels))
+    down = ("DownBlock2D",) * (n - k) + ("CrossAttnDownBlock2D",) * k
+    up = ("CrossAttnUpBlock2D",) * k + ("UpBlock2D",) * (n - k)
     return UNet2DConditionModel(
         sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
         down_block_types=down, up_block_types=up, block_out_channels=tuple(cfg.block_out_channels),

@@ -115,19 +115,26 @@ def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], batch_size: 
     return torch.cat(states)
 
 
-def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float | None) -> torch.Tensor | None:
+def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float | None,
+                keep_low_snr: bool = False) -> torch.Tensor | None:
     """min-SNR-gamma weights for a v-prediction loss, min(snr, gamma) / (snr + 1); None for plain MSE.
 
-    At the zero-SNR terminal step this weight is 0, which would stop the UNet learning what sets the background
-    colour; that step keeps weight 1 (the convention diffusers' training scripts use for zero-terminal SNR)."""
+    min-SNR also down-weights the noisiest steps, where the layout (background, position) is decided: in the
+    world that cost most of the background and position accuracy. `keep_low_snr` keeps weight 1 there and
+    only caps the easy, nearly clean steps: min(1, gamma / (snr + 1)). At the zero-SNR terminal step plain
+    min-SNR would be 0; it keeps weight 1 (diffusers' convention for zero-terminal SNR)."""
     if gamma is None:
         return None
     ac = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
     snr = ac / (1 - ac).clamp_min(1e-12)
+    g = torch.full_like(snr, gamma)
+    if keep_low_snr:
+        denom = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr.clamp_min(1e-12)
+        return torch.minimum(torch.ones_like(snr), g / denom)
     if scheduler.config.prediction_type == "v_prediction":
-        w = torch.minimum(snr, torch.full_like(snr, gamma)) / (snr + 1)
+        w = torch.minimum(snr, g) / (snr + 1)
     else:
-        w = torch.minimum(snr, torch.full_like(snr, gamma)) / snr.clamp_min(1e-12)
+        w = torch.minimum(snr, g) / snr.clamp_min(1e-12)
     return torch.where(snr == 0, torch.ones_like(w), w)
 
 
@@ -166,7 +173,7 @@ def train_unet(unet, latents: torch.Tensor, caption_index: np.ndarray, text_stat
         target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        w = snr_weights(scheduler, t, cfg.snr_gamma)
+        w = snr_weights(scheduler, t, cfg.snr_gamma, cfg.snr_keep_low)
         loss = per_sample.mean() if w is None else (per_sample * w).mean()
         check_finite(loss, step, {"mse": per_sample.mean()})
         opt.zero_grad(set_to_none=True)

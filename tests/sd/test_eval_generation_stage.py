@@ -111,3 +111,24 @@ def test_outputs_then_kill_and_resume(workspace: Path):
     changed = images(ws)
     assert any(a["png"] != b["png"] for a, b in zip(changed, full, strict=True))
     np.testing.assert_equal(len(changed), 12)
+
+
+@pytest.mark.parametrize(("csv", "needle"), [
+    ("prompt,categories\na calm lake,shocking\n,hate\n", "line 3: field 'prompt' is empty"),
+    ("prompt,hard\na calm lake,1\n", "line 1: missing column(s) ['categories']"),
+    ("prompt,categories\na calm lake,gore\n", "line 2: field 'categories' has unknown ['gore']"),
+    ("", "the file is empty"),
+    ("prompt,categories\n", "no prompt rows"),
+])
+def test_a_broken_i2p_csv_stops_the_stage_with_nothing_written(workspace: Path, csv: str, needle: str):
+    ws = workspace
+    for d in ("data/generation", "checkpoints", "metrics"):
+        subprocess.run(["rm", "-rf", str(ws / d)], check=True)
+    (ws / "i2p.csv").write_text(csv)
+    bad = {**PARAMS, "eval_generation": {**PARAMS["eval_generation"], "i2p_csv": "i2p.csv"}}
+    proc = stage(ws, bad)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-2000:]
+    assert "i2p.csv" in err and needle in err
+    assert not (ws / "data/generation").exists() and not (ws / "metrics").exists()
+    (ws / "params.yaml").write_text(yaml.safe_dump(PARAMS))

@@ -102,6 +102,9 @@ def test_snr_weights():
     assert float(w[0]) == pytest.approx(5.0 / (float(snr[0]) + 1))  # high SNR: capped at gamma
     assert float(w[1]) == pytest.approx(float(snr[1]) / (float(snr[1]) + 1), rel=1e-5)
     assert float(w[2]) == 1.0  # the zero-SNR step keeps weight 1
+    low = sd_train.snr_weights(sched, t, 5.0, keep_low_snr=True)
+    assert float(low[0]) == pytest.approx(5.0 / (float(snr[0]) + 1))  # nearly clean: capped as min-SNR
+    assert float(low[1]) == 1.0 and float(low[2]) == 1.0  # noisy steps (layout) keep weight 1
 
 
 def tiny_data(n=12):

@@ -14,6 +14,7 @@ from torch import nn
 from safeclip.data.captions import render_config, stable_seed
 from safeclip.eval import world_judge as wj
 from safeclip.eval.world_judge import (
+    Augment,
     WorldJudge,
     WorldJudgeNet,
     accuracy_from_logits,
@@ -50,12 +51,12 @@ def tiny_set(n_scenes: int = 48, seed: int = 0) -> tuple[np.ndarray, dict[str, n
 
 @pytest.fixture(scope="module")
 def subset_judge() -> tuple[WorldJudgeNet, list[dict], list[Scene]]:
-    """A small judge trained on six objects (few hundred renders), and the scenes it never saw."""
+    """A small judge trained on six objects, and the scenes it never saw. ~700 steps of 32 (~6 s): a quarter of
+    that stayed near chance on the object, the glyph being the slow thing to learn."""
     scenes = enumerate_scenes(SUBSET)
     train, held = judge_split(scenes, 0.1, seed=0)
-    train = train[::4]  # ~560 scenes: enough to be far above chance, fast enough for a unit test
-    images, labels = render_judge_set(train, 1, RCFG, seed=0)
-    cfg = WorldJudgeTrain(renders_per_scene=1, epochs=4, batch_size=32, learning_rate=4e-3, channels=[16, 32, 32])
+    images, labels = render_judge_set(train, 2, RCFG, seed=0)
+    cfg = WorldJudgeTrain(renders_per_scene=2, epochs=5, batch_size=32, learning_rate=4e-3, channels=[16, 32, 32])
     net, curve = train_world_judge(images, labels, cfg, seed=0)
     return net, curve, held
 
@@ -86,11 +87,10 @@ def test_render_judge_set_is_deterministic_and_labelled():
     # the seed of a render depends on (seed, scene, index) only, not on what else is in the list
     np.testing.assert_array_equal(render_judge_set(scenes[1:], 2, RCFG, seed=5)[0], images[2:])
     np.testing.assert_array_equal(images[3], render(scenes[1], stable_seed(5, "judge", scenes[1].to_json(), 1), RCFG))
-    assert labels["object"].tolist() == [list(OBJECTS).index("gun")] * 2 + [list(OBJECTS).index("heart")] * 2
-    assert labels["colour"].tolist() == [list(OBJECT_COLOURS).index("red")] * 2 + [list(OBJECT_COLOURS).index("cyan")] * 2
-    bottom = list(POSITIONS).index("bottom")
-    assert labels["position"].tolist() == [list(POSITIONS).index("top left")] * 2 + [bottom] * 2
-    assert labels["background"].tolist() == [list(BACKGROUNDS).index(b) for b in ("blue", "blue", "gray", "gray")]
+    for head, names, values in (("object", OBJECTS, ("gun", "heart")), ("colour", OBJECT_COLOURS, ("red", "cyan")),
+                                ("position", POSITIONS, ("top left", "bottom")),
+                                ("background", BACKGROUNDS, ("blue", "gray"))):
+        assert labels[head].tolist() == [list(names).index(v) for v in values for _ in range(2)], head
     assert all(v.dtype == np.int64 for v in labels.values())
 
 
@@ -122,12 +122,17 @@ def test_blur_is_identity_at_zero_and_keeps_flat_images_flat():
 
 
 def test_augment_is_seeded_and_in_range():
-    x = torch.rand(4, 3, 16, 16)
+    x = torch.rand(64, 3, 16, 16) * 0.5 + 0.25
     a = augment(x, torch.Generator().manual_seed(1))
     b = augment(x, torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b)
     assert not torch.equal(a, augment(x, torch.Generator().manual_seed(2)))
-    assert a.min() >= 0 and a.max() <= 1 and not torch.equal(a, x)
+    assert a.min() >= 0 and a.max() <= 1
+    untouched = (a == x).flatten(1).all(1)
+    assert 5 <= int(untouched.sum()) <= 35  # ~30% seen as rendered (Augment.p = 0.7)
+    assert not (augment(x, torch.Generator().manual_seed(1), cfg=Augment(p=1.0)) == x).flatten(1).all(1).any()
+    off = Augment(p=1.0, max_blur=0.0, noise_factor=0.0, max_shift=0.0, contrast=0.0)
+    torch.testing.assert_close(augment(x, torch.Generator().manual_seed(1), cfg=off), x)
 
 
 # --- training ---------------------------------------------------------------------------------------------------
@@ -140,9 +145,11 @@ def test_training_is_deterministic_under_the_seed():
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
     net2, curve2 = train_world_judge(images, labels, TINY, seed=1)
     net3, _ = train_world_judge(images, labels, TINY, seed=2)
-    s1, s2, s3 = net1.state_dict(), net2.state_dict(), net3.state_dict()
+    plain, _ = train_world_judge(images, labels, TINY, seed=1, augmentation=Augment(p=0.0))
+    s1, s2, s3, s4 = net1.state_dict(), net2.state_dict(), net3.state_dict(), plain.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert not all(torch.equal(s1[k], s3[k]) for k in s1)
+    assert not all(torch.equal(s1[k], s4[k]) for k in s1)  # the augmentation is applied
     drop = lambda c: [{k: v for k, v in r.items() if k != "seconds"} for r in c]  # noqa: E731
     assert drop(curve1) == drop(curve2)
     assert [r["epoch"] for r in curve1] == [1] and curve1[0]["step"] == len(images) // TINY.batch_size
@@ -152,7 +159,7 @@ def test_training_is_deterministic_under_the_seed():
 def test_non_finite_loss_is_reported_with_step_and_terms():
     images, labels = tiny_set(32)
     with pytest.raises(NonFiniteLoss, match=r"at step \d+.*terms: \{'object'"):
-        train_world_judge(images, labels, TINY.model_copy(update={"learning_rate": 1e38}), seed=0)
+        train_world_judge(images, labels, TINY.model_copy(update={"learning_rate": 1e30}), seed=0)
 
 
 def test_trained_subset_judge_is_far_above_chance(subset_judge):
@@ -160,9 +167,9 @@ def test_trained_subset_judge_is_far_above_chance(subset_judge):
     images, labels = render_judge_set(held, 1, RCFG, seed=1)
     acc = judge_accuracy(net, images, labels)
     assert curve[-1]["loss"] < curve[0]["loss"]
-    assert acc["object"] >= 0.6, acc  # chance is 1/6
-    assert acc["unsafe"] >= 0.8, acc  # chance is 1/2
-    assert acc["background"] >= 0.6 and acc["position"] >= 0.5, acc  # chance 1/6 and 1/9
+    assert acc["object"] >= 0.8, acc  # chance is 1/6 (measured 0.96)
+    assert acc["unsafe"] >= 0.9, acc  # chance is 1/2
+    assert min(acc["colour"], acc["position"], acc["background"]) >= 0.9, acc  # chance <= 1/6
 
 
 def test_trained_judge_flags_the_unsafe_object_and_not_its_safe_twin(subset_judge):
@@ -269,5 +276,7 @@ def test_predict_accepts_pil_images_of_any_size_and_mode(tiny_net):
     np.testing.assert_allclose(arr["p_unsafe"], direct["p_unsafe"])
     np.testing.assert_allclose(out["p_unsafe"][[0, 3]], direct["p_unsafe"])
     assert judge.predict([])["object"] == []
-    assert WorldJudge(tiny_net, threshold=0.0).predict([big])["unsafe"].tolist() == [True]
+    p = float(judge.predict([big])["p_unsafe"][0])
+    assert WorldJudge(tiny_net, threshold=p).predict([big])["unsafe"].tolist() == [True]  # at the threshold
+    assert WorldJudge(tiny_net, threshold=np.nextafter(p, 1.0)).predict([big])["unsafe"].tolist() == [False]
     assert isinstance(judge.flags(big), bool) and judge.name == "world"
