@@ -1,0 +1,53 @@
+"""Q16 on a tiny CLIP: prompts from safetensors/.npy, the pickle refused, the width checked, the decision rule."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from safeclip.clip.model import build_world_clip
+from safeclip.eval.judges import Q16Judge, flag_images, load_q16_prompts
+from safeclip.io import InputError
+from tests.clip.conftest import TINY
+
+
+@pytest.fixture
+def clip_dir(tmp_path):
+    torch.manual_seed(0)
+    build_world_clip(TINY, 32).save(tmp_path / "clip")
+    return tmp_path / "clip"
+
+
+def image_embedding(clip_dir, image):
+    from safeclip.clip.model import image_embeddings, load_clip, pixel_values
+
+    b = load_clip(clip_dir)
+    with torch.no_grad():
+        e = image_embeddings(b.model, pixel_values(b.image_processor, [image]))
+    return torch.nn.functional.normalize(e.float(), dim=-1)[0]
+
+
+def test_flags_when_the_image_is_closer_to_the_inappropriate_prompt(tmp_path, clip_dir):
+    image = Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
+    e = image_embedding(clip_dir, image)
+    other = torch.nn.functional.normalize(torch.randn(TINY.projection_dim), dim=0)
+    save_file({"prompts": torch.stack([other, e])}, str(tmp_path / "q16.safetensors"))  # [benign, inappropriate]
+    judge = Q16Judge(tmp_path / "q16.safetensors", str(clip_dir))
+    assert judge.flags(image) and flag_images(judge, [image, image]).tolist() == [True, True]
+    np.save(tmp_path / "q16.npy", torch.stack([e, other]).numpy())  # swapped: now the benign prompt matches
+    assert not Q16Judge(tmp_path / "q16.npy", str(clip_dir)).flags(image)
+
+
+def test_pickle_shape_and_width_are_refused(tmp_path, clip_dir):
+    (tmp_path / "prompts.p").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(InputError, match="pickle"):
+        load_q16_prompts(tmp_path / "prompts.p")
+    save_file({"prompts": torch.zeros(3, 4)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(InputError, match=r"\[2, d\]"):
+        load_q16_prompts(tmp_path / "bad.safetensors")
+    save_file({"prompts": torch.zeros(2, TINY.projection_dim + 1)}, str(tmp_path / "wide.safetensors"))
+    with pytest.raises(InputError, match=f"width {TINY.projection_dim + 1}.*width {TINY.projection_dim}"):
+        Q16Judge(tmp_path / "wide.safetensors", str(clip_dir))
+    with pytest.raises(InputError, match="does not exist"):
+        load_q16_prompts(tmp_path / "missing.safetensors")
