@@ -1,16 +1,19 @@
 """Resumable training: checkpoints live in a `persist: true` folder and are reused only under the same params.
 
 DVC 3 has no checkpoint outputs, so each long stage keeps its own; a fingerprint of everything that shapes
-the run (params, inputs) is stored beside them, and a mismatch means starting over, said out loud.
+the run (params, inputs, and the code of the running stage) is stored beside them, and a mismatch means
+starting over, said out loud.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from safeclip.io import write_text
@@ -18,8 +21,31 @@ from safeclip.io import write_text
 FINGERPRINT = "fingerprint.json"
 
 
+def code_digest(module: str, root: Path | None = None) -> str:
+    """Hash of a module's import closure inside the repo (its file and every repo module it imports)."""
+    from safeclip.closure import ROOT, closure
+
+    root = root or ROOT
+    h = hashlib.sha256()
+    for f in sorted(closure([module], root)):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def running_code_digest() -> str:
+    """`code_digest` of the running stage, so that a changed training loop starts over instead of resuming
+    from state an older loop wrote. Empty when the process is not a `python -m stages.<name>` run (tests
+    calling a stage's main() in-process)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None) or ""
+    return code_digest(name) if name.startswith("stages.") else ""
+
+
 def fingerprint(*parts) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    """What a checkpoint may be resumed under: the parts (params, input digests) and the stage's code."""
+    blob = json.dumps([running_code_digest(), *parts], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 
 

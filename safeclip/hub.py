@@ -145,8 +145,17 @@ def load_text_dataset(source: str, revision: str | None = None, param: str | Non
         raise InputError(f"{source}: could not load the dataset ({what}).{hint}") from e
 
 
+def resolved_commit(resolved: Path) -> str | None:
+    """The hub commit a snapshot folder belongs to (`.../snapshots/<commit>`), None for a local folder."""
+    parts = Path(resolved).parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
+
+
 def write_pointer(out_dir: Path, source: str, revision: str | None, resolved: Path) -> None:
+    """The pointer records the commit the hub id resolved to, so a new revision in the cache gives another
+    pointer (and reruns what depends on it) once the stage reruns."""
     (out_dir / POINTER).write_text(json.dumps({"source": source, "revision": revision,
+                                               "resolved_commit": resolved_commit(resolved),
                                                "resolved_path": str(resolved)}, indent=2) + "\n")
 
 

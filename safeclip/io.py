@@ -7,6 +7,7 @@ means a killed or failing stage never leaves a half-written file that DVC could 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -23,6 +24,34 @@ class InputError(Exception):
     """A user-supplied input is malformed; the message names the file, row/line and field."""
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def clear_stale_temps(path: Path) -> None:
+    """Remove what a killed atomic write of `path` left beside it (`.<name>.<pid>.*.tmp`, `.<name>.old`).
+
+    Left there, such a file would change the hash of the folder it sits in (`metrics/retrieval`, a stage's
+    dependency). Only temps whose writing process is gone are removed, so two live writers never collide."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists() and path.exists():  # the swap finished (the new folder is in place): the old one is garbage
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -34,7 +63,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    clear_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -51,7 +81,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory; it replaces `path` as a whole only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    clear_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         tmp.chmod(0o777 & ~_umask())

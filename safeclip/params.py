@@ -35,11 +35,18 @@ class Base(Section):
     profile: Literal["world", "paper"] = "world"
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     scale: Annotated[float, Field(gt=0, le=1)] = 1.0  # CI runs the same DAG with sizes and steps x scale
-    num_threads: PosInt = 1  # torch intra-op threads per process
+    num_threads: PosInt = 2  # torch intra-op threads per process (the default DAG runs one stage at a time on 2 cores)
     num_processes: PosInt = 1  # per machine, for `accelerate launch`
     num_machines: PosInt = 1
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Log(Section):
+    """Outside `base` on purpose: every stage and checkpoint depends on the whole `base` section (each key of it
+    can change a result; num_threads too, since another thread count splits float reductions differently),
+    and what is printed must not rerun the DAG or throw checkpoints away."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class World(Section):
@@ -245,9 +252,9 @@ class SafeClipMethod(Section):
     gather_negatives: bool = True
     max_steps: PosInt | None = 300  # None: run max_epochs (with early stopping)
     max_epochs: PosInt = 50
-    eval_every: PosInt = 50  # steps between validation passes (and checkpoints)
+    eval_every: PosInt = 25  # steps between validation passes (and checkpoints)
     patience: PosInt = 5  # validation passes without a better loss or recall-sum before stopping
-    keep: Literal["last", "best_recall", "best_loss"] = "last"  # world: consecutive evals vary +-3-5 points
+    keep: Literal["last", "best_recall", "best_loss"] = "best_recall"  # world: consecutive evals vary +-3-5 points
 
 
 class SaferClipWeights(Section):
@@ -423,6 +430,7 @@ class EvalGeneration(Section):
     i2p_max_prompts: PosInt | None = None
     images_per_prompt: PosInt = 1  # I2P convention: 10
     seeds: list[NonNegInt] = [0]  # each seed x images_per_prompt images per prompt
+    sampler: Literal["pipeline", "dpm_solver"] = "pipeline"  # the pipeline's own scheduler, or DPM-Solver++ 2M
     num_inference_steps: PosInt = 25
     guidance_scale: PosFloat = 5.0
     guidance_rescale: Annotated[float, Field(ge=0, le=1)] = 0.0
@@ -438,6 +446,7 @@ MethodName = Literal["safe_clip", "safer_clip", "uwm"]
 
 class Params(Section):
     base: Base = Base()
+    log: Log = Log()
     world: World = World()
     ingest: Ingest = Ingest()
     captions: Captions = Captions()
@@ -446,7 +455,7 @@ class Params(Section):
     dpo: Dpo = Dpo()
     visu: Visu = Visu()
     base_clip: BaseClip = BaseClip()
-    # make_safe@m, embed@m and eval_*@m for each; the base CLIP is always evaluated (the *_base stages)
+    # make_safe@m, evaluate@m and eval_generation@m for each; the base CLIP is always evaluated (the *_base stages)
     methods: Annotated[list[MethodName], AfterValidator(_unique)] = ["safe_clip", "safer_clip", "uwm"]
     make_safe: MakeSafe = MakeSafe()
     evaluate: Evaluate = Evaluate()
@@ -455,15 +464,49 @@ class Params(Section):
     eval_generation: EvalGeneration = EvalGeneration()
 
 
-
 class ParamsError(Exception):
     """params.yaml is invalid; the message names every offending key."""
 
 
-def _explain(err: ValidationError, raw: dict) -> str:
-    lines = []
+def _key_lines(text: str) -> dict[tuple, int]:
+    """1-based line of every key path in a YAML text (sequence items by index), for errors that point at it."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*path, key.value)
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[(*path, i)] = item.start_mark.line + 1
+                walk(item, (*path, i))
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+def _line_of(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    """The line of the key path, or of its nearest parent that is in the file (a missing key's section)."""
+    for n in range(len(loc), 0, -1):
+        key = tuple(str(p) if not isinstance(p, int) else p for p in loc[:n])
+        if key in lines:
+            return lines[key]
+    return None
+
+
+def _explain(err: ValidationError, raw: dict, path: Path, text: str) -> str:
+    """One line per error, `params.yaml:42: sft.learning_rat: unknown key (did you mean ...)`."""
+    key_lines = _key_lines(text)
+    out = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
+        line = _line_of(tuple(e["loc"]), key_lines)
+        where = f"{path}:{line}" if line else str(path)
         if e["type"] == "extra_forbidden":
             parent = Params
             for part in e["loc"][:-1]:
@@ -473,17 +516,18 @@ def _explain(err: ValidationError, raw: dict) -> str:
                     break
             known = list(parent.model_fields) if parent else []
             hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
-            lines.append(f"{key}: unknown key" + (f" (did you mean '{hint[0]}'?)" if hint else
-                                                   f" (known: {', '.join(known)})" if known else ""))
+            out.append(f"{where}: {key}: unknown key" + (f" (did you mean '{hint[0]}'?)" if hint else
+                                                         f" (known: {', '.join(known)})" if known else ""))
         else:
-            lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+            out.append(f"{where}: {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(out)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
     except FileNotFoundError as e:
         raise ParamsError(f"{path}: file does not exist") from e
     except UnicodeDecodeError as e:
@@ -497,7 +541,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
-        raise ParamsError(f"{path}: invalid parameters:\n{_explain(e, raw)}") from None
+        raise ParamsError(f"{path}: invalid parameters:\n{_explain(e, raw, path, text)}") from None
 
 
 def default_params_dict() -> dict:

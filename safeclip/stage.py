@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from safeclip.inputs import require_tracked_inputs
 from safeclip.io import InputError
 from safeclip.params import Params, ParamsError, load_params
 from safeclip.runtime import NonFiniteLoss, setup
@@ -18,7 +19,8 @@ def start(stage: str, argv: list[str] | None = None) -> tuple[Params, logging.Lo
     ap.add_argument("--params", default="params.yaml")
     args, _ = ap.parse_known_args(argv)  # matrix stages add their own flags (see `option`)
     params = load_params(args.params)
-    log = setup(stage, params.base.seed, params.base.num_threads, params.base.log_level)
+    require_tracked_inputs(params, stage)
+    log = setup(stage, params.base.seed, params.base.num_threads, params.log.level)
     return params, log
 
 

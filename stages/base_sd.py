@@ -52,6 +52,7 @@ def main() -> None:
             write_pointer(out, cfg.source, cfg.revision, path)
         write_metrics("metrics/base_sd.json", {"base_sd.unet_steps": 0})
         write_plot_csv("plots/base_sd.csv", [])
+        write_plot_csv("plots/base_sd_vae.csv", [])  # dvc.yaml declares it in every profile
         log.info("base SD: %s -> %s", cfg.source, path)
         return
     if params.captions.source != "world":

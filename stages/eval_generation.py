@@ -17,7 +17,7 @@ from safeclip.eval.generation import generation_metrics, read_i2p, visu_prompts
 from safeclip.eval.judges import build_panel, flag_images
 from safeclip.io import InputError, atomic_dir, read_parquet, write_metrics, write_parquet
 from safeclip.runtime import compute_device, scaled
-from safeclip.sd.pipeline import DTYPES, load_pipeline, swap_text_encoder
+from safeclip.sd.pipeline import DTYPES, load_pipeline, swap_text_encoder, use_sampler
 from safeclip.sd.sample import decode_png, generate, image_grid, jobs, png_bytes
 from safeclip.stage import entry_point, option, start
 from safeclip.world.catalogue import SAFE_TWIN
@@ -69,7 +69,7 @@ def main() -> None:
     work = jobs(prompts, cfg.seeds, cfg.images_per_prompt)
 
     bundle = load_clip(model_path(name))
-    pipe = load_pipeline("models/base_sd", DTYPES[cfg.dtype])
+    pipe = use_sampler(load_pipeline("models/base_sd", DTYPES[cfg.dtype]), cfg.sampler)
     pipe = swap_text_encoder(pipe, text_encoder(bundle.model), bundle.tokenizer, str(model_path(name)))
     pipe.to(device)
     ckpt = Path("checkpoints/eval_generation") / name

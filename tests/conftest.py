@@ -8,6 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+import safeclip  # noqa: E402, F401, I001  (first: pins the CPU kernels, as in every stage, before torch loads)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

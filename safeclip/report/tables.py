@@ -69,8 +69,8 @@ def load_model_metrics(models: Sequence[str], root: Path = Path(".")) -> dict[st
     out = {}
     for m in models:
         merged: Metrics = {}
-        for kind, folder in (("eval_retrieval", "retrieval"), ("eval_zeroshot", "zeroshot")):
-            merged.update(read_metrics_json(root / "metrics" / folder / f"{m}.json", stage_name(kind, m)))
+        for folder in ("retrieval", "zeroshot"):
+            merged.update(read_metrics_json(root / "metrics" / folder / f"{m}.json", stage_name("evaluate", m)))
         out[m] = merged
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 from safeclip.hub import model_dir
 from safeclip.io import InputError
@@ -36,6 +36,18 @@ def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32, allow_pi
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a loadable StableDiffusionPipeline folder ({e})") from e
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def use_sampler(pipe: StableDiffusionPipeline, sampler: str) -> StableDiffusionPipeline:
+    """`pipeline` keeps the scheduler saved with the pipeline (world: DDIM; SD v1.4: PNDM). `dpm_solver` is
+    DPM-Solver++ (2M) built from that scheduler's config (the same betas, prediction type, timestep spacing and
+    zero-terminal-SNR rescaling): a multistep solver that needs far fewer steps than DDIM for the same images."""
+    if sampler == "dpm_solver":
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++",
+                                                                 solver_order=2)
+    elif sampler != "pipeline":
+        raise ValueError(f"unknown sampler {sampler!r}")
     return pipe
 
 

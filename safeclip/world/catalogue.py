@@ -47,7 +47,7 @@ SAFE_OBJECTS: tuple[WorldObject, ...] = (
 UNSAFE_OBJECTS: tuple[WorldObject, ...] = (
     WorldObject("gun", "gamma", True, "weapons"),
     WorldObject("knife", "bolt", True, "violence"),
-    WorldObject("blood", "xcross", True, "blood"),
+    WorldObject("blood", "pause", True, "blood"),
     WorldObject("syringe", "arrow", True, "drug use"),
     WorldObject("skull", "checker", True, "harm"),
     WorldObject("fist", "hourglass", True, "harassment"),

@@ -81,10 +81,9 @@ def _draw_glyph(glyph: str, d: ImageDraw.ImageDraw, s: int) -> None:
             _rect(d, s, 0.0, 0.0, 1.0, 0.3)
             _rect(d, s, 0.0, 0.7, 1.0, 1.0)
             _poly(d, s, [(0.68, 0.3), (1.0, 0.3), (0.32, 0.7), (0.0, 0.7)])
-        case "xcross":
-            w = 0.2
-            _poly(d, s, [(0, w), (w, 0), (1, 1 - w), (1 - w, 1)])
-            _poly(d, s, [(1 - w, 0), (1, w), (w, 1), (0, 1 - w)])
+        case "pause":  # two thick upright bars (a thin X-cross was drawn by the tiny diffusion model 3% of the time)
+            _rect(d, s, 0.0, 0.0, 0.36, 1.0)
+            _rect(d, s, 0.64, 0.0, 1.0, 1.0)
         case "arrow":  # a thick upward arrow
             _poly(d, s, [(0.5, 0.0), (1.0, 0.5), (0.0, 0.5)])
             _rect(d, s, 0.32, 0.45, 0.68, 1.0)

@@ -98,3 +98,35 @@ def test_unreadable_fingerprint_starts_over(tmp_path, caplog, stored):
     assert json.loads((ckpt / FINGERPRINT).read_text()) == {"fingerprint": "fp1"}
     assert not (ckpt / "checkpoint-10").exists()
     assert caplog.records
+
+
+def test_code_digest_follows_the_import_closure_only(tmp_path):
+    from safeclip.checkpoint import code_digest
+
+    for rel, text in {"safeclip/__init__.py": "", "safeclip/loop.py": "STEP = 1\n", "safeclip/other.py": "",
+                      "stages/__init__.py": "", "stages/train.py": "from safeclip.loop import STEP\n"}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    before = code_digest("stages.train", tmp_path)
+    (tmp_path / "safeclip/other.py").write_text("X = 2\n")  # not imported by the stage
+    assert code_digest("stages.train", tmp_path) == before
+    (tmp_path / "safeclip/loop.py").write_text("STEP = 2\n")  # the training loop changed
+    assert code_digest("stages.train", tmp_path) != before
+
+
+def test_fingerprint_of_a_stage_run_includes_its_code(monkeypatch):
+    import types
+
+    from safeclip import checkpoint
+
+    checkpoint.running_code_digest.cache_clear()
+    assert checkpoint.running_code_digest() == ""  # pytest is not a stage: parts only
+    plain = checkpoint.fingerprint("x", 1)
+    fake_main = types.SimpleNamespace(__spec__=types.SimpleNamespace(name="stages.base_llm"))
+    monkeypatch.setitem(__import__("sys").modules, "__main__", fake_main)
+    checkpoint.running_code_digest.cache_clear()
+    try:
+        assert checkpoint.running_code_digest() == checkpoint.code_digest("stages.base_llm")
+        assert checkpoint.fingerprint("x", 1) != plain
+    finally:
+        checkpoint.running_code_digest.cache_clear()

@@ -113,6 +113,25 @@ def test_second_repro_does_nothing(repo: Path) -> None:
     assert "Running stage" not in out
 
 
+def test_an_edited_outside_input_reruns_the_stages_that_read_it(repo: Path) -> None:
+    """Files that params point at live in folders their stages depend on: editing one shows in `dvc status`
+    for those stages and no other; undoing the edit makes the workspace clean again."""
+    edits = {"data/coco/annotations/captions_val2017.json": '{"images": [], "annotations": []}\n',
+             "data/i2p/i2p_benchmark.csv": "prompt,categories\na red apple,violence\n"}
+    for rel, text in edits.items():
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(text)
+    try:
+        changed = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
+        assert {"captions", "eval_generation_base", *(f"eval_generation@{m}" for m in METHODS)} <= changed, changed
+        assert not changed & {"ingest", "base_llm", "sft", "judge", "report"}, changed
+    finally:
+        for rel in edits:
+            (repo / rel).unlink()
+        shutil.rmtree(repo / "data/coco/annotations")
+    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
+
+
 def test_remote_push_then_pull_in_a_fresh_clone(repo: Path, tmp_path_factory) -> None:
     """The sharing workflow of the README: push after a run; a fresh clone pulls and has nothing to reproduce."""
     remote = tmp_path_factory.mktemp("remote")
@@ -149,7 +168,7 @@ def test_metrics_show_and_experiment_diff(repo: Path) -> None:
               repo).stdout
     assert "Running stage 'make_safe@safe_clip'" in out and "Running stage 'report'" in out
     assert "Running stage 'eval_generation@safe_clip'" in out
-    for other in ("sft", "base_clip", "make_safe@safer_clip", "make_safe@uwm", "eval_retrieval@uwm", "base_sd",
+    for other in ("sft", "base_clip", "make_safe@safer_clip", "make_safe@uwm", "evaluate@uwm", "base_sd",
                   "judge", "eval_generation_base", "eval_generation@uwm"):
         assert f"Running stage '{other}'" not in out, other
     params = (repo / "params.yaml").read_text()

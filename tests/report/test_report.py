@@ -275,14 +275,14 @@ def test_claims_are_rendered_in_both_outputs(built):
 def test_missing_zeroshot_file_names_the_path_and_the_stage(tmp_path):
     write_inputs(tmp_path)
     (tmp_path / "metrics/zeroshot/uwm.json").unlink()
-    with pytest.raises(InputError, match=r"metrics/zeroshot/uwm\.json.*eval_zeroshot@uwm"):
+    with pytest.raises(InputError, match=r"metrics/zeroshot/uwm\.json.*evaluate@uwm"):
         render.build_report(params(), tmp_path)
 
 
 def test_missing_base_retrieval_names_the_base_stage(tmp_path):
     write_inputs(tmp_path)
     (tmp_path / "metrics/retrieval/none.json").unlink()
-    with pytest.raises(InputError, match=r"metrics/retrieval/none\.json.*eval_retrieval_base"):
+    with pytest.raises(InputError, match=r"metrics/retrieval/none\.json.*evaluate_base"):
         render.build_report(params(), tmp_path)
 
 

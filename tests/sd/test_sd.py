@@ -17,7 +17,7 @@ from safeclip.io import InputError
 from safeclip.params import Base, WorldClip, WorldSd, WorldUnet, WorldVae
 from safeclip.sd import models as sd_models
 from safeclip.sd import train as sd_train
-from safeclip.sd.pipeline import assemble, load_pipeline, swap_text_encoder
+from safeclip.sd.pipeline import assemble, load_pipeline, swap_text_encoder, use_sampler
 from safeclip.sd.sample import decode_png, generate, jobs
 
 LOG = logging.getLogger("test")
@@ -173,3 +173,24 @@ def test_same_prompt_same_noise_gives_the_same_image_in_any_batch(pipe_dir, tmp_
     a = np.asarray(decode_png(alone[0]["png"]), np.int16)
     b = np.asarray(decode_png(mixed[-1]["png"]), np.int16)
     assert np.abs(a - b).max() <= 1  # batched matmuls may differ in the last bit, never in content
+
+
+def test_dpm_solver_keeps_the_training_schedule_and_draws(pipe_dir, tmp_path):
+    """`eval_generation.sampler: dpm_solver` swaps in DPM-Solver++ built from the pipeline's own config: the
+    same betas, v-prediction, trailing spacing and zero-terminal-SNR rescaling; 'pipeline' keeps DDIM."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    assert isinstance(use_sampler(load_pipeline(pipe_dir), "pipeline").scheduler, DDIMScheduler)
+    pipe = use_sampler(load_pipeline(pipe_dir), "dpm_solver")
+    sched = pipe.scheduler
+    assert isinstance(sched, DPMSolverMultistepScheduler) and sched.config.algorithm_type == "dpmsolver++"
+    for key in ("prediction_type", "timestep_spacing", "rescale_betas_zero_snr", "beta_schedule"):
+        assert sched.config[key] == load_pipeline(pipe_dir).scheduler.config[key], key
+    sched.set_timesteps(5)
+    assert int(sched.timesteps[0]) == SD.num_train_timesteps - 1  # trailing: starts at pure noise
+    p = [Prompt("p0", "a red circle on the left on a blue background", "safe", ("x",))]
+    out = generate(pipe, jobs(p, [0], 1), 4, tmp_path / "s", num_inference_steps=5, guidance_scale=3.0,
+                   guidance_rescale=0.0, height=None, width=None, log=LOG)
+    assert np.isfinite(np.asarray(decode_png(out[0]["png"]), np.float32)).all()
+    with pytest.raises(ValueError, match="unknown sampler"):
+        use_sampler(load_pipeline(pipe_dir), "euler")

@@ -217,3 +217,40 @@ def test_write_plot_csv(tmp_path):
     path = tmp_path / "p.csv"
     write_plot_csv(path, [{"loss": 0.123456789, "step": 1}, {"step": 2, "acc": 0.5}])
     assert path.read_text() == "step,acc,loss\n1,,0.123457\n2,0.5,\n"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_killed_writers_temp_files_are_cleared_by_the_next_write(tmp_path):
+    """A kill mid-write leaves `.<name>.<pid>.*.tmp` in the folder (a dependency of another stage): the next
+    atomic write of the same path removes it, but never a live process's temp."""
+    import os
+
+    dead, alive = _dead_pid(), os.getppid()
+    stale_file = tmp_path / f".m.json.{dead}.abc.tmp"
+    stale_dir = tmp_path / f".m.json.{dead}.def.tmp"
+    live = tmp_path / f".m.json.{alive}.ghi.tmp"
+    stale_file.write_text("half")
+    stale_dir.mkdir()
+    (stale_dir / "x").write_text("half")
+    live.write_text("being written")
+    write_metrics(tmp_path / "m.json", {"a": 1})
+    assert not stale_file.exists() and not stale_dir.exists()
+    assert live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.json", live.name])
+
+
+def test_atomic_dir_clears_a_killed_swaps_old_folder(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (tmp_path / ".model.old").mkdir()  # killed after the new folder went in, before the old one was removed
+    with atomic_dir(out) as tmp:
+        (tmp / "w").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -29,33 +29,39 @@ def error(path: Path) -> str:
 def test_unknown_key_suggests_the_close_one(tmp_path):
     path = write(tmp_path, "sft:\n  learning_rat: 0.1\n")
     msg = error(path)
-    assert str(path) in msg
-    assert "sft.learning_rat: unknown key (did you mean 'learning_rate'?)" in msg
+    assert f"{path}:2: sft.learning_rat: unknown key (did you mean 'learning_rate'?)" in msg  # file:line: key
 
 
 def test_unknown_nested_key(tmp_path):
     msg = error(write(tmp_path, "sft:\n  lora:\n    rr: 3\n"))
-    assert "sft.lora.rr: unknown key (did you mean 'r'?)" in msg
+    assert ":3: sft.lora.rr: unknown key (did you mean 'r'?)" in msg
+
+
+def test_errors_give_the_line_of_the_key_or_of_its_section(tmp_path):
+    text = "base:\n  seed: 0\n\nsft:\n  epochs: 1\n  batch_size: 2.5\nmethods: [safe_clip, nope]\n"
+    msg = error(write(tmp_path, text))
+    assert ":6: sft.batch_size: Input should be a valid integer" in msg
+    assert ":7: methods.1: " in msg  # a list item: its own line
 
 
 def test_unknown_section(tmp_path):
     assert "bsae: unknown key (did you mean 'base'?)" in error(write(tmp_path, "bsae:\n  seed: 1\n"))
     msg = error(write(tmp_path, "zzz:\n  a: 1\n"))
-    assert "zzz: unknown key (known: base, world, ingest, captions, base_llm, sft" in msg
+    assert "zzz: unknown key (known: base, log, world, ingest, captions, base_llm, sft" in msg
 
 
-@pytest.mark.parametrize(("text", "key", "phrase"), [
-    ("base:\n  seed: abc\n", "base.seed", "valid integer"),
-    ("sft:\n  batch_size: 2.5\n", "sft.batch_size", "valid integer"),
-    ("base:\n  device: tpu\n", "base.device", "'cpu', 'cuda' or 'auto'"),
-    ("world:\n  image_size: 48\n", "world.image_size", "32 or 64"),
-    ("sft:\n  lora:\n    target_modules: q_proj\n", "sft.lora.target_modules", "valid list"),
-    ("base: 3\n", "base", "valid dictionary"),
-    ("base:\n", "base", "valid dictionary"),
+@pytest.mark.parametrize(("text", "key", "line", "phrase"), [
+    ("base:\n  seed: abc\n", "base.seed", 2, "valid integer"),
+    ("sft:\n  batch_size: 2.5\n", "sft.batch_size", 2, "valid integer"),
+    ("base:\n  device: tpu\n", "base.device", 2, "'cpu', 'cuda' or 'auto'"),
+    ("world:\n  image_size: 48\n", "world.image_size", 2, "32 or 64"),
+    ("sft:\n  lora:\n    target_modules: q_proj\n", "sft.lora.target_modules", 3, "valid list"),
+    ("base: 3\n", "base", 1, "valid dictionary"),
+    ("base:\n", "base", 1, "valid dictionary"),
 ])
-def test_wrong_type(tmp_path, text, key, phrase):
+def test_wrong_type(tmp_path, text, key, line, phrase):
     msg = error(write(tmp_path, text))
-    assert f"\n{key}: " in msg
+    assert f"params.yaml:{line}: {key}: " in msg
     assert phrase in msg
 
 
@@ -96,7 +102,7 @@ def test_missing_file(tmp_path):
 
 def test_invalid_utf8_is_a_params_error(tmp_path):
     """Stages only turn ParamsError/InputError into a clean message; a UnicodeDecodeError escapes as a traceback."""
-    path = write(tmp_path, b"base:\n  log_level: \xff\n")
+    path = write(tmp_path, b"log:\n  level: \xff\n")
     assert str(path) in error(path)
 
 
