@@ -22,7 +22,7 @@ repro: setup
 	dvc repro
 
 test: setup
-	@$(BIN)/python -m pytest -q -ra; rc=$$?; \
+	@$(BIN)/python -m pytest -q -ra --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test-fast: setup
