@@ -149,7 +149,7 @@ def coco_workspace(ws: Path) -> Path:
     """Train images 1, 2 and val images 10..13 (8x6 RGB), two captions each, an indented JSON per split."""
     paths = {}
     for split, ids in (("train", (1, 2)), ("val", (10, 11, 12, 13))):
-        folder = ws / f"coco/{split}2017"
+        folder = ws / f"data/coco/{split}2017"
         folder.mkdir(parents=True)
         images, annotations = [], []
         for i in ids:
@@ -157,17 +157,17 @@ def coco_workspace(ws: Path) -> Path:
             images.append({"id": i, "file_name": f"{i:012d}.jpg", "width": 8, "height": 6})
             annotations += [{"id": 100 + i, "image_id": i, "caption": f"A photo number {i}."},
                             {"id": 200 + i, "image_id": i, "caption": f"Second caption {i}."}]
-        ann = ws / f"coco/annotations/captions_{split}2017.json"
+        ann = ws / f"data/coco/annotations/captions_{split}2017.json"
         ann.parent.mkdir(parents=True, exist_ok=True)
         ann.write_text(json.dumps({"images": images, "annotations": annotations}, indent=1))
-        paths |= {f"annotations_{split}": f"coco/annotations/captions_{split}2017.json",
-                  f"images_{split}": f"coco/{split}2017"}
+        paths |= {f"annotations_{split}": f"data/coco/annotations/captions_{split}2017.json",
+                  f"images_{split}": f"data/coco/{split}2017"}
     write_params(ws, {"captions": {"source": "coco", "coco": paths}})
     return ws
 
 
-ANN = "coco/annotations/captions_val2017.json"
-IMG = "coco/val2017/000000000011.jpg"
+ANN = "data/coco/annotations/captions_val2017.json"
+IMG = "data/coco/val2017/000000000011.jpg"
 
 
 def _edit(ws: Path, fn: Callable[[dict], None]) -> None:
@@ -211,8 +211,8 @@ COCO_CASES: dict[str, tuple[Callable[[Path], None], list[str]]] = {
     "missing image": (lambda ws: (ws / IMG).unlink(), [f"{ANN}: image id 11: image: file {IMG} does not exist"]),
     "16-bit image": (lambda ws: Image.fromarray(np.full((6, 8), 40000, np.uint16)).save(ws / IMG, format="PNG"),
                      [f"{ANN}: image id 11: image: file {IMG} has mode I;16", "8-bit RGB"]),
-    "image folder missing": (lambda ws: shutil.rmtree(ws / "coco/val2017"),
-                             ["coco/val2017: image folder does not exist (captions.coco.images_val)"]),
+    "image folder missing": (lambda ws: shutil.rmtree(ws / "data/coco/val2017"),
+                             ["data/coco/val2017: image folder does not exist (captions.coco.images_val)"]),
 }
 
 
@@ -230,7 +230,7 @@ def test_coco_images_of_any_8bit_mode_and_size_are_used_as_rgb(tmp_path, monkeyp
     odd = {10: Image.new("L", (40, 3), 90), 11: Image.new("CMYK", (5, 7), (0, 255, 0, 0)),
            12: Image.new("RGBA", (9, 9), (0, 0, 255, 0)), 13: Image.new("RGB", (4, 4), (1, 2, 3)).convert("P")}
     for i, im in odd.items():
-        im.save(ws / f"coco/val2017/{i:012d}.jpg", format="JPEG" if im.mode in ("L", "CMYK") else "PNG")
+        im.save(ws / f"data/coco/val2017/{i:012d}.jpg", format="JPEG" if im.mode in ("L", "CMYK") else "PNG")
     r = run_in_process(ws, "stages.captions")
     assert r.code == 0, r
     rows = [*read_parquet(ws / "data/captions/val.parquet", CAPTIONS).to_pylist(),
@@ -252,6 +252,8 @@ VISU_TEXT = pd.DataFrame({"safe": ["A cat on a sofa.", "A dog in a park.", "A bi
 
 
 def visu_workspace(ws: Path, dataset: str, **extra) -> Path:
+    """Local ViSU-Text copies live in data/visu_text/ (the folder the captions stage depends on)."""
+    (ws / "data/visu_text").mkdir(parents=True, exist_ok=True)
     return make_workspace(ws, {"captions": {"source": "visu-hf", "visu_hf": {"dataset": dataset, **extra}}})
 
 
@@ -259,24 +261,26 @@ def _csv_latin1(path: Path) -> None:
     path.write_bytes(VISU_TEXT.to_csv(index=False).replace("dead", "d\u00e9ad").encode("latin-1"))
 
 
+V = "data/visu_text"  # local ViSU-Text copies live in the folder the captions stage depends on
 VISU_CASES: dict[str, tuple[str, Callable[[Path], None], list[str]]] = {
     # name: (dataset param, how to write it, pieces of the message)
-    "truncated parquet": ("v.parquet", lambda p: (VISU_TEXT.to_parquet(p), p.write_bytes(p.read_bytes()[:200])),
+    "truncated parquet": (f"{V}/v.parquet", lambda p: (VISU_TEXT.to_parquet(p), p.write_bytes(p.read_bytes()[:200])),
                           ["v.parquet: could not load the dataset"]),
-    "latin-1 csv": ("v.csv", _csv_latin1, ["v.csv: line 2: not valid UTF-8 (byte ", "save it as UTF-8"]),
-    "missing column": ("v.parquet", lambda p: VISU_TEXT.drop(columns="nsfw").to_parquet(p),
+    "latin-1 csv": (f"{V}/v.csv", _csv_latin1, ["v.csv: line 2: not valid UTF-8 (byte ", "save it as UTF-8"]),
+    "missing column": (f"{V}/v.parquet", lambda p: VISU_TEXT.drop(columns="nsfw").to_parquet(p),
                        ["v.parquet: split test: column 'nsfw' is missing"]),
-    "wrong type": ("v.parquet", lambda p: VISU_TEXT.assign(tag=[1, 2, 3]).to_parquet(p),
+    "wrong type": (f"{V}/v.parquet", lambda p: VISU_TEXT.assign(tag=[1, 2, 3]).to_parquet(p),
                    ["v.parquet: split test: row 0: tag: empty or not a string"]),
-    "empty cell": ("v.csv", lambda p: VISU_TEXT.assign(nsfw=["x", None, "y"]).to_csv(p, index=False),
+    "empty cell": (f"{V}/v.csv", lambda p: VISU_TEXT.assign(nsfw=["x", None, "y"]).to_csv(p, index=False),
                    ["v.csv: split test: row 1: nsfw: empty or not a string"]),
-    "empty file": ("v.csv", lambda p: p.write_bytes(b""), ["v.csv: file is empty"]),
-    "header only": ("v.csv", lambda p: p.write_text("safe,nsfw,tag\n"), ["v.csv: no rows"]),
-    "file naming no split": ("v", lambda p: (p.mkdir(), VISU_TEXT.to_parquet(p / "train.parquet"),
+    "empty file": (f"{V}/v.csv", lambda p: p.write_bytes(b""), ["v.csv: file is empty"]),
+    "header only": (f"{V}/v.csv", lambda p: p.write_text("safe,nsfw,tag\n"), ["v.csv: no rows"]),
+    "file naming no split": (f"{V}/v", lambda p: (p.mkdir(), VISU_TEXT.to_parquet(p / "train.parquet"),
                                              VISU_TEXT.to_parquet(p / "extra.parquet")),
                              ["v/extra.parquet: its name says no split", "would be left out"]),
-    "does not exist": ("./nowhere/v.parquet", lambda p: None, ["./nowhere/v.parquet: file or folder does not exist"]),
-    "unsupported file": ("v.txt", lambda p: p.write_text("safe,nsfw,tag\n"), ["v.txt: unsupported file type"]),
+    "does not exist": ("./data/visu_text/nowhere/v.parquet", lambda p: None,
+                       ["./data/visu_text/nowhere/v.parquet: file or folder does not exist"]),
+    "unsupported file": (f"{V}/v.txt", lambda p: p.write_text("safe,nsfw,tag\n"), ["v.txt: unsupported file type"]),
 }
 
 
@@ -289,34 +293,34 @@ def test_visu_text_refuses_broken_inputs(tmp_path, case):
 
 
 def test_visu_text_refuses_a_coco_id_that_is_not_an_id(tmp_path):
-    ws = visu_workspace(tmp_path, "v.csv", coco_images="images")
-    (ws / "images").mkdir()
-    Image.new("RGB", (4, 4)).save(ws / "images/000000000042.jpg")
-    VISU_TEXT.assign(coco_id=["42", "abc", "9"]).to_csv(ws / "v.csv", index=False)
+    ws = visu_workspace(tmp_path, "data/visu_text/v.csv", coco_images="data/coco/images")
+    (ws / "data/coco/images").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(ws / "data/coco/images/000000000042.jpg")
+    VISU_TEXT.assign(coco_id=["42", "abc", "9"]).to_csv(ws / "data/visu_text/v.csv", index=False)
     assert_refused(run_in_process(ws, "stages.captions"), CAPTIONS_OUT, ws,
                    "v.csv: split test: row 1: coco_id: must be a COCO image id", "'abc'")
 
 
 @pytest.mark.parametrize("image", ["zero-byte", "unreadable", "missing"])
 def test_visu_text_refuses_a_broken_coco_image(tmp_path, image):
-    ws = visu_workspace(tmp_path, "v.parquet", coco_images="images")
-    VISU_TEXT.to_parquet(ws / "v.parquet")
-    (ws / "images").mkdir()
+    ws = visu_workspace(tmp_path, "data/visu_text/v.parquet", coco_images="data/coco/images")
+    VISU_TEXT.to_parquet(ws / "data/visu_text/v.parquet")
+    (ws / "data/coco/images").mkdir(parents=True)
     for i in VISU_TEXT.coco_id:
-        Image.new("RGB", (4, 4)).save(ws / f"images/{i:012d}.jpg")
-    bad = ws / "images/000000000007.jpg"
+        Image.new("RGB", (4, 4)).save(ws / f"data/coco/images/{i:012d}.jpg")
+    bad = ws / "data/coco/images/000000000007.jpg"
     {"zero-byte": lambda: bad.write_bytes(b""), "unreadable": lambda: bad.write_text("nope"),
      "missing": bad.unlink}[image]()
     assert_refused(run_in_process(ws, "stages.captions"), CAPTIONS_OUT, ws,
-                   "v.parquet: split test: row 1: image: file images/000000000007.jpg")
+                   "v.parquet: split test: row 1: image: file data/coco/images/000000000007.jpg")
 
 
 def test_visu_text_from_a_folder_of_csv_splits(tmp_path):
     """The good path the broken cases are variants of: validation -> val, every row kept."""
-    ws = visu_workspace(tmp_path, "v")
-    (ws / "v").mkdir()
-    VISU_TEXT.to_csv(ws / "v/train.csv", index=False)
-    VISU_TEXT.iloc[:1].to_csv(ws / "v/validation.csv", index=False)
+    ws = visu_workspace(tmp_path, "data/visu_text/v")
+    (ws / "data/visu_text/v").mkdir()
+    VISU_TEXT.to_csv(ws / "data/visu_text/v/train.csv", index=False)
+    VISU_TEXT.iloc[:1].to_csv(ws / "data/visu_text/v/validation.csv", index=False)
     r = run_in_process(ws, "stages.captions")
     assert r.code == 0, r
     assert json.loads((ws / "metrics/captions.json").read_text())["captions.train"] == 3

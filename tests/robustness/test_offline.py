@@ -49,7 +49,7 @@ def test_stage_with_an_uncached_hub_id_fails_fast(tmp_path, stage, params, sourc
 
 
 def test_a_local_path_that_does_not_exist_is_not_taken_for_a_hub_id(tmp_path):
-    ws = make_workspace(tmp_path / "ws", {"base_clip": {"source": "./weights/my-clip"}})
+    ws = make_workspace(tmp_path / "ws", {"base_clip": {"source": "./data/models/my-clip"}})
     r = run_in_process(ws, "stages.base_clip")
     assert r.code == 2, r
-    assert "./weights/my-clip: model folder does not exist (set base_clip.source to a folder" in r.err
+    assert "./data/models/my-clip: model folder does not exist (set base_clip.source to a folder" in r.err

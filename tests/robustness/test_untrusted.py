@@ -58,7 +58,7 @@ def assert_refused_pickle(r, ws: Path, folder: Path, name: str, marker: Path, ou
 
 @pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt"])
 def test_base_clip_refuses_a_pickle_at_the_source_path(tmp_path, name):
-    weights = tiny_clip_folder(tmp_path / "my-clip")
+    weights = tiny_clip_folder(tmp_path / "ws/data/models/my-clip")  # local model folders live in data/models
     marker = tmp_path / "MARKER"
     plant(weights, name, marker)
     ws = make_workspace(tmp_path / "ws", {"base_clip": {"source": str(weights)}})
@@ -68,7 +68,7 @@ def test_base_clip_refuses_a_pickle_at_the_source_path(tmp_path, name):
 
 def test_base_llm_refuses_a_pickle_at_the_source_path(tmp_path):
     tok = train_word_tokenizer(tokenizer_corpus(), append_eos=False, model_max_length=64)
-    weights = tmp_path / "my-llm"
+    weights = tmp_path / "ws/data/models/my-llm"
     save_model_dir(build_world_llm(WorldLlm(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2), tok),
                    tok, weights)
     marker = tmp_path / "MARKER"

@@ -38,9 +38,15 @@ def merge(base: dict, overrides: Mapping) -> dict:
     return out
 
 
+# Tests share 2 cores with each other, and run stages in forked children: a child that starts an OpenMP pool of
+# 2 threads after the parent used one hangs (GNU OpenMP is not fork-safe). The default DAG's 2 threads are for a
+# stage alone on the machine.
+TEST_BASE = {"base": {"num_threads": 1}}
+
+
 def write_params(ws: Path, overrides: Mapping) -> dict:
-    """params.yaml = the code's defaults (the committed world profile) + `overrides`."""
-    params = merge(default_params_dict(), overrides)
+    """params.yaml = the code's defaults (the committed world profile), one thread per stage, + `overrides`."""
+    params = merge(merge(default_params_dict(), TEST_BASE), overrides)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 

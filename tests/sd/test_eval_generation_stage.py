@@ -31,7 +31,7 @@ from tests.sd.test_sd import SD, UNET, VAE, clip
 ROOT = Path(__file__).resolve().parents[2]
 PARAMS = {"eval_generation": {"n_unsafe_prompts": 6, "n_safe_prompts": 6, "num_inference_steps": 8,
                               "batch_size": 2, "grid_prompts": 3},
-          "judge": {"judges": ["world"]}, "evaluate": {"batch_size": 16}}
+          "judge": {"judges": ["world"]}, "evaluate": {"batch_size": 16}, "base": {"num_threads": 1}}
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,9 @@ def test_a_broken_i2p_csv_stops_the_stage_with_nothing_written(workspace: Path, 
     ws = workspace
     for d in ("data/generation", "checkpoints", "metrics"):
         subprocess.run(["rm", "-rf", str(ws / d)], check=True)
-    (ws / "i2p.csv").write_text(csv)
-    bad = {**PARAMS, "eval_generation": {**PARAMS["eval_generation"], "i2p_csv": "i2p.csv"}}
+    (ws / "data/i2p").mkdir(parents=True, exist_ok=True)
+    (ws / "data/i2p/i2p.csv").write_text(csv)
+    bad = {**PARAMS, "eval_generation": {**PARAMS["eval_generation"], "i2p_csv": "data/i2p/i2p.csv"}}
     proc = stage(ws, bad)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2, err[-2000:]
