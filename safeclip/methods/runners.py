@@ -74,7 +74,8 @@ def run_safe_clip(params: Params, log: logging.Logger) -> MadeSafe:
     steps = cfg.max_steps if cfg.max_steps is not None else cfg.max_epochs * steps_per_epoch
     steps = scaled(steps, params.base.scale, 10)
     schedule = Schedule(learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, steps=steps,
-                        eval_every=min(cfg.eval_every, steps), patience=cfg.patience, keep=cfg.keep)
+                        eval_every=min(cfg.eval_every, steps), patience=cfg.patience, keep=cfg.keep,
+                        lr_schedule=cfg.lr_schedule)
     log.info("%s: %d training quadruples, %d validation, %d steps (%.1f epochs) at batch %d", method, len(train),
              len(val), steps, steps / steps_per_epoch, cfg.batch_size)
     accelerator = make_accelerator(params.base)
@@ -103,7 +104,8 @@ def run_safer_clip(params: Params, log: logging.Logger) -> MadeSafe:
         steps = min(steps, cfg.max_steps)
     steps = scaled(steps, params.base.scale, 10)
     schedule = Schedule(learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, steps=steps,
-                        eval_every=min(cfg.eval_every, steps), patience=cfg.patience, keep=cfg.keep)
+                        eval_every=min(cfg.eval_every, steps), patience=cfg.patience, keep=cfg.keep,
+                        lr_schedule=cfg.lr_schedule)
     partner = float(np.mean(train.targets == np.arange(len(train))))
     log.info("%s: %d training quadruples (%.1f%% redirected to their own partner), %d validation, %d steps at "
              "batch %d; curriculum phases of %s steps over %s pairs", method, len(train), 100 * partner, len(val),

@@ -1,4 +1,4 @@
-"""The fine-tuning loop shared by the trained methods: LoRA on both towers, Adam at a constant lr, validation
+"""The fine-tuning loop shared by the trained methods: LoRA on both towers, Adam (constant or cosine lr), validation
 every few steps with early stopping, resumable checkpoints, and a merged CLIPModel at the end.
 
 Data parallel (accelerate/DDP): each process takes a contiguous slice of the global batch and its in-batch
@@ -9,6 +9,7 @@ the number of processes grows.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class Schedule:
     eval_every: int
     patience: int
     keep: str  # last | best_recall | best_loss
+    lr_schedule: str = "constant"  # constant | cosine (to 0 at the last step)
 
 
 @dataclass
@@ -90,6 +92,15 @@ def lora_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if "lora_" in k}
 
 
+def lr_factor(kind: str, steps: int) -> Callable[[int], float]:
+    """The lr multiplier of step s (0-based): 1 throughout, or a cosine from 1 that reaches 0 after the last."""
+    if kind == "constant":
+        return lambda s: 1.0
+    if kind == "cosine":
+        return lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / max(1, steps)))
+    raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {kind!r}")
+
+
 def finetune(bundle: ClipBundle, objective: Objective, train: Quadruples, val: Quadruples, lora: ClipLora,
              schedule: Schedule, reference_mode: str, seed: int, accelerator, state: TrainState, ckpt_dir: Path,
              log: logging.Logger, name: str, sampler: Callable[[int], np.ndarray] | None = None) -> TrainResult:
@@ -103,8 +114,10 @@ def finetune(bundle: ClipBundle, objective: Objective, train: Quadruples, val: Q
     trainable = [p for p in model.parameters() if p.requires_grad]
     log.info("%s: %d trainable LoRA parameters of %d", name, sum(p.numel() for p in trainable),
              sum(p.numel() for p in model.parameters()))
-    opt = torch.optim.Adam(trainable, lr=schedule.learning_rate)  # constant lr, no weight decay (the paper's)
-    model, opt = accelerator.prepare(model, opt)
+    opt = torch.optim.Adam(trainable, lr=schedule.learning_rate)  # no weight decay (the paper's)
+    lr_at = lr_factor(schedule.lr_schedule, schedule.steps)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model, opt, lr_sched = accelerator.prepare(model, opt, lr_sched)
     raw = accelerator.unwrap_model(model)
     device = accelerator.device
     if frozen is not None:
@@ -124,6 +137,7 @@ def finetune(bundle: ClipBundle, objective: Objective, train: Quadruples, val: Q
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         opt.step()
+        lr_sched.step()
         terms = {k: float(v.detach()) for k, v in parts.items()}
         value = float(loss.detach())
         if step % 10 == 0:

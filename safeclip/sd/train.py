@@ -138,6 +138,14 @@ def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float | None,
     return torch.where(snr == 0, torch.ones_like(w), w)
 
 
+def sample_timesteps(n: int, n_t: int, cfg: WorldUnet, gen: torch.Generator) -> torch.Tensor:
+    """Integer timesteps in [0, n_t): uniform, or logit-normal (sigmoid of a normal, scaled to n_t)."""
+    if cfg.timestep_sampling == "uniform":
+        return torch.randint(0, n_t, (n,), generator=gen)
+    u = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=gen))
+    return (u * n_t).long().clamp_(0, n_t - 1)
+
+
 def train_unet(unet, latents: torch.Tensor, caption_index: np.ndarray, text_states: torch.Tensor,
                empty_state: torch.Tensor, scheduler, cfg: WorldUnet, steps: int, seed: int, accelerator,
                state: TrainState, log: logging.Logger):
@@ -165,7 +173,7 @@ def train_unet(unet, latents: torch.Tensor, caption_index: np.ndarray, text_stat
         idx = global_batch(step, len(latents), cfg.batch_size, [seed, 2])
         x0 = latents[idx]
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, n_t, (len(idx),), generator=gen)
+        t = sample_timesteps(len(idx), n_t, cfg, gen)
         cond = text_states[caption_index[idx]].clone()
         cond[torch.rand(len(idx), generator=gen) < cfg.cond_drop] = empty_state
         x0, noise, t, cond = x0.to(device), noise.to(device), t.to(device), cond.to(device)

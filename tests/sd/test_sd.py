@@ -107,6 +107,19 @@ def test_snr_weights():
     assert float(low[1]) == 1.0 and float(low[2]) == 1.0  # noisy steps (layout) keep weight 1
 
 
+def test_timestep_sampling():
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    uniform = sd_train.sample_timesteps(4000, 1000, WorldUnet(), gen())
+    torch.testing.assert_close(uniform, torch.randint(0, 1000, (4000,), generator=gen()))  # the old draw
+    mid = sd_train.sample_timesteps(8, 1000, WorldUnet(timestep_sampling="logit_normal", logit_std=1e-6), gen())
+    assert set(mid.tolist()) <= {499, 500}  # sigmoid(0 +- 1e-6) = 1/2 of 1000 steps, floored
+    edge = sd_train.sample_timesteps(8, 1000, WorldUnet(timestep_sampling="logit_normal", logit_mean=50.0), gen())
+    assert edge.tolist() == [999] * 8  # sigmoid -> 1 stays inside [0, n_t)
+    ln = sd_train.sample_timesteps(20000, 1000, WorldUnet(timestep_sampling="logit_normal"), gen()).float()
+    # logit-normal(0, 1): P(t/T in [0.27, 0.73]) = P(|z| < logit(0.73) = 0.995) = 0.68; uniform would give 0.46
+    assert float(((ln >= 270) & (ln < 730)).float().mean()) == pytest.approx(0.68, abs=0.015)
+
+
 def tiny_data(n=12):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
