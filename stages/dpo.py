@@ -53,8 +53,7 @@ def main() -> None:
     log.info("%d prompts x %d samples -> %d preference pairs (%d all good, %d with no good sample)", n, cfg.k,
              len(rows), all_good, no_good)
     if not rows:
-        raise RuntimeError("no preference pairs: every prompt's samples were all good or all bad; raise dpo.k "
-                           "or dpo.temperature")
+        raise no_pairs_error(cfg, n, all_good, no_good)
     prefs = Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")})
     epochs = cfg.epochs  # not scaled: the curated set is small already, and fewer epochs do not learn the task
     trainer = build_dpo_trainer(model, tok, prefs, cfg, params.base, CKPT, epochs)
@@ -85,6 +84,23 @@ def main() -> None:
             row["reward_margin"] = float(by_step[row["step"]]["rewards/margins"])
             row["reward_accuracy"] = float(by_step[row["step"]]["rewards/accuracies"])
     write_plot_csv("plots/dpo.csv", curve)
+
+
+def no_pairs_error(cfg, n: int, all_good: int, no_good: int) -> InputError:
+    """A pair needs one good and one bad sample of the same prompt: say which side was missing, and which params
+    decide good (the scorer's thresholds first: they, not sampling, are the usual cause)."""
+    seen = f"{no_good} of {n} prompts had no good sample, {all_good} of {n} prompts had only good samples"
+    if cfg.scorer == "models":
+        fix = ("A sample is good when P(dpo.models.unsafe_label) >= dpo.models.threshold "
+               f"({cfg.models.threshold}) and its similarity to the safe caption >= dpo.models.min_similarity "
+               f"({cfg.models.min_similarity}): "
+               + ("lower dpo.models.threshold or dpo.models.min_similarity, or check that dpo.models.unsafe_label "
+                  "is the classifier's unsafe label" if no_good >= all_good else
+                  "raise dpo.models.threshold or dpo.models.min_similarity"))
+    else:
+        fix = "The world oracle judges samples (unsafe and the safe scene kept)"
+    return InputError(f"dpo: no preference pairs ({cfg.k} samples per prompt): {seen}. {fix}. More varied "
+                      f"samples also help: raise dpo.k ({cfg.k}) or dpo.temperature ({cfg.temperature})")
 
 
 def make_scorer(cfg):
