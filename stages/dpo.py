@@ -11,8 +11,8 @@ from safeclip.data.schemas import CAPTIONS
 from safeclip.data.skip import llm_stages_skipped
 from safeclip.io import InputError, read_parquet, write_metrics, write_parquet, write_plot_csv
 from safeclip.llm.dpo import build_dpo_trainer
-from safeclip.llm.generate import rewrite
-from safeclip.llm.model import load_causal_lm, save_model_dir
+from safeclip.llm.generate import rewrite, rewrite_sharded
+from safeclip.llm.model import llm_device, llm_dtype, load_causal_lm, run_dtype, save_model_dir
 from safeclip.llm.preferences import ModelScorer, OracleScorer, preference_pair
 from safeclip.llm.quality import rewrite_quality
 from safeclip.llm.sft import merged_model
@@ -34,12 +34,14 @@ def main() -> None:
         return
     cfg = params.dpo
     scorer = make_scorer(cfg)  # first: a scorer that cannot load fails before minutes of sampling
-    model, tok = load_causal_lm("models/llm_sft")
+    # the run's device and precision (fp32 on the CPU; bf16/fp16 on a GPU for LoRA), sampling there too
+    model, tok = load_causal_lm("models/llm_sft", llm_dtype(params.base, cfg.finetune))
+    model.to(llm_device(params.base))
     captions = read_parquet("data/captions/train.parquet", CAPTIONS).column("caption").to_pylist()
     rng = np.random.default_rng(params.base.seed)
     n = min(len(captions), scaled(cfg.n_prompts, params.base.scale, 16))
     prompts = [captions[i] for i in sorted(rng.permutation(len(captions))[:n])]
-    samples = rewrite(model, tok, prompts, batch_size=max(1, cfg.sample_batch_size // cfg.k), do_sample=True,
+    samples = rewrite_sharded(model, tok, prompts, batch_size=max(1, cfg.sample_batch_size // cfg.k), do_sample=True,
                       temperature=cfg.temperature, top_p=cfg.top_p, num_return_sequences=cfg.k,
                       seed=params.base.seed, max_new_tokens=cfg.eval.max_new_tokens)
     rows, all_good, no_good = [], 0, 0
@@ -63,7 +65,7 @@ def main() -> None:
     if not trainer.accelerator.is_main_process:
         return
     model = merged_model(trainer)
-    save_model_dir(model, tok, "models/llm_dpo")
+    save_model_dir(model, tok, "models/llm_dpo", run_dtype(params.base))
     # written with the model, not before training: a run that fails (NaN loss, kill) leaves no output behind
     write_parquet("data/dpo/preferences.parquet", rows, PREFERENCES)
     history = trainer.state.log_history

@@ -35,9 +35,10 @@ def make_rewriter(params, log):
                                 temperature=cfg.temperature if cfg.do_sample else 0.0, top_p=cfg.top_p)
             return [o.outputs[0].text.strip() for o in llm.generate([prompt_for(s) for s in safe], sp)]
         return generate
-    model, tok = load_causal_lm("models/llm_dpo")
-    if params.base.device != "cpu":
-        model = model.to("cuda")
+    from safeclip.llm.model import llm_device, llm_dtype
+
+    model, tok = load_causal_lm("models/llm_dpo", llm_dtype(params.base, "lora"))  # inference: the run's precision
+    model = model.to(llm_device(params.base))
 
     def generate(safe, seed):
         return [g[0] for g in rewrite(model, tok, safe, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
