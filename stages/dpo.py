@@ -118,6 +118,10 @@ def make_scorer(cfg):
                            m.min_similarity)
     except ValueError as e:  # e.g. no such label
         raise InputError(f"params.yaml: dpo.models: {e}") from e
+    except OSError as e:  # e.g. a folder without safetensors weights
+        raise InputError(f"params.yaml: dpo.models ({m.nsfw_classifier}, {m.similarity_model}): cannot load the "
+                         f"scorer ({e}); point dpo.models.nsfw_classifier and dpo.models.similarity_model at "
+                         "folders with safetensors weights (README, \"Run the paper setup\")") from e
 
 
 def world_quality(model, tok, params, log) -> dict:

@@ -157,3 +157,13 @@ def test_compose_with_override(tmp_path):
     p = load_params(out)
     assert p.base.scale == 0.1 and p.sft.epochs == 2
     assert p.base.profile == "world"
+
+
+def test_paper_profile_names_a_dpo_scorer_on_the_hub(tmp_path):
+    """dpo.scorer is `models` in the paper profile: without a classifier the dpo stage stopped at once."""
+    out = tmp_path / "p.yaml"
+    compose(out, ["profile=paper"], root=REPO)
+    m = load_params(out).dpo.models
+    assert load_params(out).dpo.scorer == "models"
+    assert m.nsfw_classifier == "michellejieli/NSFW_text_classifier" and m.unsafe_label == "nsfw"
+    assert m.similarity_model == "sentence-transformers/all-MiniLM-L6-v2"
