@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -434,6 +434,16 @@ class Judge(Section):
     # .npy; the original pickle `prompts.p` is refused (convert it once on a trusted machine, see README)
     q16_prompts: str | None = None
     q16_clip: str = "openai/clip-vit-large-patch14"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _q16_when_its_prompts_are_set(cls, data):
+        """Setting judge.q16_prompts is what switches Q16 on (README); listing it in `judges` too is not needed."""
+        if isinstance(data, dict) and data.get("q16_prompts"):
+            judges = list(data.get("judges", cls.model_fields["judges"].default))
+            if "q16" not in judges:
+                data = {**data, "judges": [*judges, "q16"]}
+        return data
 
 
 class EvalGeneration(Section):

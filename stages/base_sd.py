@@ -45,9 +45,10 @@ def main() -> None:
     params, log = start("base_sd")
     cfg = params.base_sd
     if cfg.source != "world":
-        path = resolve_model_dir(cfg.source, cfg.revision)
+        path = resolve_model_dir(cfg.source, cfg.revision, param="base_sd.source")
         if not (path / "model_index.json").exists():
-            raise InputError(f"{cfg.source}: no model_index.json in {path}: not a diffusers pipeline folder")
+            raise InputError(f"base_sd.source: {cfg.source}: no model_index.json in {path}: not a diffusers pipeline "
+                             "folder (point base_sd.source at one, e.g. CompVis/stable-diffusion-v1-4)")
         with atomic_dir("models/base_sd") as out:
             write_pointer(out, cfg.source, cfg.revision, path)
         write_metrics("metrics/base_sd.json", {"base_sd.unet_steps": 0})

@@ -11,8 +11,8 @@ from safeclip.data.schemas import CAPTIONS
 from safeclip.data.skip import llm_stages_skipped
 from safeclip.io import InputError, read_parquet, write_metrics, write_parquet, write_plot_csv
 from safeclip.llm.dpo import build_dpo_trainer
-from safeclip.llm.generate import rewrite
-from safeclip.llm.model import load_causal_lm, save_model_dir
+from safeclip.llm.generate import rewrite, rewrite_sharded
+from safeclip.llm.model import llm_device, llm_dtype, load_causal_lm, run_dtype, save_model_dir
 from safeclip.llm.preferences import ModelScorer, OracleScorer, preference_pair
 from safeclip.llm.quality import rewrite_quality
 from safeclip.llm.sft import merged_model
@@ -34,12 +34,14 @@ def main() -> None:
         return
     cfg = params.dpo
     scorer = make_scorer(cfg)  # first: a scorer that cannot load fails before minutes of sampling
-    model, tok = load_causal_lm("models/llm_sft")
+    # the run's device and precision (fp32 on the CPU; bf16/fp16 on a GPU for LoRA), sampling there too
+    model, tok = load_causal_lm("models/llm_sft", llm_dtype(params.base, cfg.finetune))
+    model.to(llm_device(params.base))
     captions = read_parquet("data/captions/train.parquet", CAPTIONS).column("caption").to_pylist()
     rng = np.random.default_rng(params.base.seed)
     n = min(len(captions), scaled(cfg.n_prompts, params.base.scale, 16))
     prompts = [captions[i] for i in sorted(rng.permutation(len(captions))[:n])]
-    samples = rewrite(model, tok, prompts, batch_size=max(1, cfg.sample_batch_size // cfg.k), do_sample=True,
+    samples = rewrite_sharded(model, tok, prompts, batch_size=max(1, cfg.sample_batch_size // cfg.k), do_sample=True,
                       temperature=cfg.temperature, top_p=cfg.top_p, num_return_sequences=cfg.k,
                       seed=params.base.seed, max_new_tokens=cfg.eval.max_new_tokens)
     rows, all_good, no_good = [], 0, 0
@@ -53,8 +55,7 @@ def main() -> None:
     log.info("%d prompts x %d samples -> %d preference pairs (%d all good, %d with no good sample)", n, cfg.k,
              len(rows), all_good, no_good)
     if not rows:
-        raise RuntimeError("no preference pairs: every prompt's samples were all good or all bad; raise dpo.k "
-                           "or dpo.temperature")
+        raise no_pairs_error(cfg, n, all_good, no_good)
     prefs = Dataset.from_dict({k: [r[k] for r in rows] for k in ("prompt", "chosen", "rejected")})
     epochs = cfg.epochs  # not scaled: the curated set is small already, and fewer epochs do not learn the task
     trainer = build_dpo_trainer(model, tok, prefs, cfg, params.base, CKPT, epochs)
@@ -64,7 +65,7 @@ def main() -> None:
     if not trainer.accelerator.is_main_process:
         return
     model = merged_model(trainer)
-    save_model_dir(model, tok, "models/llm_dpo")
+    save_model_dir(model, tok, "models/llm_dpo", run_dtype(params.base))
     # written with the model, not before training: a run that fails (NaN loss, kill) leaves no output behind
     write_parquet("data/dpo/preferences.parquet", rows, PREFERENCES)
     history = trainer.state.log_history
@@ -87,6 +88,23 @@ def main() -> None:
     write_plot_csv("plots/dpo.csv", curve)
 
 
+def no_pairs_error(cfg, n: int, all_good: int, no_good: int) -> InputError:
+    """A pair needs one good and one bad sample of the same prompt: say which side was missing, and which params
+    decide good (the scorer's thresholds first: they, not sampling, are the usual cause)."""
+    seen = f"{no_good} of {n} prompts had no good sample, {all_good} of {n} prompts had only good samples"
+    if cfg.scorer == "models":
+        fix = ("A sample is good when P(dpo.models.unsafe_label) >= dpo.models.threshold "
+               f"({cfg.models.threshold}) and its similarity to the safe caption >= dpo.models.min_similarity "
+               f"({cfg.models.min_similarity}): "
+               + ("lower dpo.models.threshold or dpo.models.min_similarity, or check that dpo.models.unsafe_label "
+                  "is the classifier's unsafe label" if no_good >= all_good else
+                  "raise dpo.models.threshold or dpo.models.min_similarity"))
+    else:
+        fix = "The world oracle judges samples (unsafe and the safe scene kept)"
+    return InputError(f"dpo: no preference pairs ({cfg.k} samples per prompt): {seen}. {fix}. More varied "
+                      f"samples also help: raise dpo.k ({cfg.k}) or dpo.temperature ({cfg.temperature})")
+
+
 def make_scorer(cfg):
     """The world's oracle, or (paper) the classifier + sentence encoder named in dpo.models."""
     if cfg.scorer == "oracle":
@@ -100,6 +118,10 @@ def make_scorer(cfg):
                            m.min_similarity)
     except ValueError as e:  # e.g. no such label
         raise InputError(f"params.yaml: dpo.models: {e}") from e
+    except OSError as e:  # e.g. a folder without safetensors weights
+        raise InputError(f"params.yaml: dpo.models ({m.nsfw_classifier}, {m.similarity_model}): cannot load the "
+                         f"scorer ({e}); point dpo.models.nsfw_classifier and dpo.models.similarity_model at "
+                         "folders with safetensors weights (README, \"Run the paper setup\")") from e
 
 
 def world_quality(model, tok, params, log) -> dict:

@@ -17,7 +17,7 @@ from safeclip.eval.generation import generation_metrics, read_i2p, visu_prompts
 from safeclip.eval.judges import build_panel, flag_images
 from safeclip.io import InputError, atomic_dir, read_parquet, write_metrics, write_parquet
 from safeclip.runtime import compute_device, scaled
-from safeclip.sd.pipeline import DTYPES, load_pipeline, swap_text_encoder, use_sampler
+from safeclip.sd.pipeline import DTYPES, load_pipeline, swap_text_encoder, text_width, unet_width, use_sampler
 from safeclip.sd.sample import decode_png, generate, image_grid, jobs, png_bytes
 from safeclip.stage import entry_point, option, start
 from safeclip.world.catalogue import SAFE_TWIN
@@ -53,6 +53,20 @@ def world_checks(scene_json: str | None, kind: str, pred: dict, i: int) -> dict:
     return {f"ok.{k}": v for k, v in ok.items()}
 
 
+def skip(name: str, got: int, want: int, log) -> None:
+    """The documented rule (README, "Run the paper setup"): a text tower of another width than the UNet's
+    cross-attention cannot drive it (e.g. open_clip ViT-B/32, 512, with SD v1.4, 768), so text-to-image evaluation
+    is skipped, with a SKIPPED marker, `gen.skipped` in the metrics and a note in the report, and every other
+    stage of the comparison still runs."""
+    why = (f"text-to-image evaluation skipped: the text tower of {model_path(name)} has width {got}, but the UNet "
+           f"of models/base_sd (base_sd.source) has cross-attention width {want}; use a base CLIP of the family the "
+           "UNet was trained with (ViT-L/14 for SD v1.x) to evaluate generation")
+    log.warning("%s: %s", name, why)
+    with atomic_dir(Path("data/generation") / name) as out:
+        (out / "SKIPPED").write_text(why + "\n")
+    write_metrics(f"metrics/generation/{name}.json", {"gen.skipped": 1})
+
+
 @entry_point
 def main() -> None:
     name = option("model")
@@ -70,7 +84,13 @@ def main() -> None:
 
     bundle = load_clip(model_path(name))
     pipe = use_sampler(load_pipeline("models/base_sd", DTYPES[cfg.dtype]), cfg.sampler)
-    pipe = swap_text_encoder(pipe, text_encoder(bundle.model), bundle.tokenizer, str(model_path(name)))
+    tower = text_encoder(bundle.model)
+    if text_width(tower) != unet_width(pipe.unet):
+        skip(name, text_width(tower), unet_width(pipe.unet), log)
+        return
+    # Every judge before the first image: a judge that cannot load fails in seconds, not after hours of sampling.
+    panel = build_panel(params.judge, params.captions.source, device)
+    pipe = swap_text_encoder(pipe, tower, bundle.tokenizer, str(model_path(name)))
     pipe.to(device)
     ckpt = Path("checkpoints/eval_generation") / name
     fp = fingerprint("eval_generation", cfg.model_dump(), params.base.model_dump(), file_digest("models/base_sd"),
@@ -85,7 +105,6 @@ def main() -> None:
     del pipe
     images = [decode_png(g["png"]) for g in generated]
 
-    panel = build_panel(params.judge, params.captions.source, device)
     flags = {j.name: flag_images(j, images) for j in panel}
     world = next((j for j in panel if j.name == "world"), None)
     pred = world.predict(images) if world is not None else None

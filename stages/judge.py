@@ -43,10 +43,15 @@ def main() -> None:
             wj.save_world_judge(model, out / WORLD_JUDGE.name)
             write_plot_csv("plots/judge.csv", curve)
             log.info("world judge on %d held-out scenes: %s", len(held), {k: round(100 * v, 1) for k, v in acc.items()})
-    # Off-the-shelf judges on harmless world renders: they should flag (almost) none.
+    # Every profile loads the off-the-shelf judges here, so one that cannot load fails now, not after
+    # eval_generation has drawn its images. In the world they are also run on harmless renders: they should
+    # flag (almost) none.
     others = [j for j in cfg.judges if j != "world"]
-    if others and params.captions.source == "world":
-        panel = build_panel(cfg.model_copy(update={"judges": others}), params.captions.source)
+    panel = build_panel(cfg.model_copy(update={"judges": others}), params.captions.source) if others else []
+    if params.captions.source != "world":
+        metrics.update({f"judge.{j.name}.loaded": 1 for j in panel})
+        log.info("judges loaded: %s", ", ".join(j.name for j in panel) or "none")
+    elif panel:
         scenes = enumerate_scenes(tuple(o for o in OBJECTS if not OBJECTS[o].unsafe))
         pick = np.random.default_rng([seed, 7]).permutation(len(scenes))[:scaled(200, params.base.scale, 8)]
         from safeclip.world.render import render

@@ -8,7 +8,7 @@ import numpy as np
 
 from safeclip.clip.model import encode_texts, load_clip
 from safeclip.data.schemas import SAFER_TARGETS
-from safeclip.io import read_parquet, write_metrics, write_parquet
+from safeclip.io import InputError, read_parquet, write_metrics, write_parquet
 from safeclip.methods.quadruples import quadruple_rows
 from safeclip.methods.safer_clip import redirection_targets
 from safeclip.runtime import compute_device
@@ -23,6 +23,11 @@ def main() -> None:
     metrics: dict[str, float] = {}
     for split in ("train", "val"):
         rows = quadruple_rows(f"data/visu/{split}.parquet")
+        if not rows:
+            raise InputError(
+                f"data/visu/{split}.parquet: no row has an unsafe image (field 'nsfw_image'), so there is no "
+                "quadruple to redirect. The visu stage makes them: set visu.images.pipeline to a text-to-image "
+                "model (paper face), and check metrics/visu.json (visu.<split>.no_image) for how many it left out")
         targets = redirection_targets([r["id"] for r in rows], [r["safe"] for r in rows], [r["nsfw"] for r in rows],
                                       lambda texts: encode_texts(bundle, texts, params.evaluate.batch_size))
         write_parquet(f"data/safer_clip/{split}.parquet", targets, SAFER_TARGETS)

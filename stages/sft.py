@@ -7,7 +7,7 @@ from safeclip.data.schemas import CAPTIONS, PAIRS
 from safeclip.data.skip import llm_stages_skipped
 from safeclip.io import read_parquet, write_metrics, write_plot_csv
 from safeclip.llm.generate import rewrite
-from safeclip.llm.model import load_causal_lm, save_model_dir
+from safeclip.llm.model import llm_dtype, load_causal_lm, run_dtype, save_model_dir
 from safeclip.llm.quality import rewrite_quality
 from safeclip.llm.sft import build_sft_trainer, merged_model, prompt_completion
 from safeclip.llm.training import last_value, loss_curve, train_resumably
@@ -25,7 +25,7 @@ def main() -> None:
         return
     train = read_parquet("data/pairs/train.parquet", PAIRS)
     val = read_parquet("data/pairs/val.parquet", PAIRS)
-    model, tok = load_causal_lm("models/base_llm")
+    model, tok = load_causal_lm("models/base_llm", llm_dtype(params.base, cfg.finetune))
     epochs = cfg.epochs  # not scaled: the curated set is small already, and fewer epochs do not learn the task
     trainer = build_sft_trainer(model, tok, prompt_completion(train), prompt_completion(val), cfg, params.base,
                                 CKPT, epochs)
@@ -35,7 +35,7 @@ def main() -> None:
     if not trainer.accelerator.is_main_process:
         return
     model = merged_model(trainer)
-    save_model_dir(model, tok, "models/llm_sft")
+    save_model_dir(model, tok, "models/llm_sft", run_dtype(params.base))
     history = trainer.state.log_history
     metrics = {"sft.epochs": epochs, "sft.steps": trainer.state.global_step,
                "sft.train_loss": last_value(history, "loss"), "sft.eval_loss": last_value(history, "eval_loss")}

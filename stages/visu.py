@@ -6,9 +6,10 @@ from pathlib import Path
 
 from safeclip.checkpoint import file_digest, fingerprint, prepare_checkpoint_dir
 from safeclip.data.captions import render_config
-from safeclip.data.schemas import CAPTIONS, SPLITS
+from safeclip.data.schemas import CAPTIONS, PAIRS, SPLITS
 from safeclip.data.visu import DROP_REASONS, build_shard, build_split, world_image_maker, write_split
 from safeclip.io import InputError, atomic_dir, read_parquet, write_metrics
+from safeclip.llm.concepts import ConceptTagger
 from safeclip.stage import entry_point, start
 
 CKPT = Path("checkpoints/visu")
@@ -34,9 +35,10 @@ def make_rewriter(params, log):
                                 temperature=cfg.temperature if cfg.do_sample else 0.0, top_p=cfg.top_p)
             return [o.outputs[0].text.strip() for o in llm.generate([prompt_for(s) for s in safe], sp)]
         return generate
-    model, tok = load_causal_lm("models/llm_dpo")
-    if params.base.device != "cpu":
-        model = model.to("cuda")
+    from safeclip.llm.model import llm_device, llm_dtype
+
+    model, tok = load_causal_lm("models/llm_dpo", llm_dtype(params.base, "lora"))  # inference: the run's precision
+    model = model.to(llm_device(params.base))
 
     def generate(safe, seed):
         return [g[0] for g in rewrite(model, tok, safe, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
@@ -58,6 +60,24 @@ def make_text_judge(params, log):
     except ValueError as e:  # e.g. no such label
         raise InputError(f"params.yaml: dpo.models: {e}") from e
     return lambda texts: [bool(p >= m.threshold) for p in scorer.p_unsafe(texts)] if texts else []
+
+
+def with_concept_tags(make_shard, tagger: ConceptTagger):
+    """Rows the LLM wrote (COCO path) carry no concept: tag each from the words its unsafe caption adds
+    (safeclip.llm.concepts), so per-concept rates downstream are not all `unknown`. World and ViSU-Text rows
+    keep their own tags."""
+    def make(rows, seed):
+        out, stats = make_shard(rows, seed)
+        return [r if r["tag"] is not None else {**r, "tag": tagger(r["safe"], r["nsfw"])} for r in out], stats
+    return make
+
+
+def pairs_tagger() -> ConceptTagger:
+    rows = [r for s in ("train", "val") if Path(f"data/pairs/{s}.parquet").exists()
+            for r in read_parquet(f"data/pairs/{s}.parquet", PAIRS).to_pylist()]
+    if not rows:
+        raise InputError("data/pairs/train.parquet: no curated pairs to learn concept tags from (run ingest)")
+    return ConceptTagger.from_pairs(rows)
 
 
 @entry_point
@@ -82,14 +102,18 @@ def main() -> None:
     else:
         make_image = lambda row, text: (None, None)  # noqa: E731
     fp = fingerprint("visu", cfg.model_dump(), params.base.seed, params.world.model_dump(),
-                     file_digest("data/captions"), None if skip_llm else file_digest("models/llm_dpo"))
+                     file_digest("data/captions"), None if skip_llm else file_digest("models/llm_dpo"),
+                     *([] if world or skip_llm else [file_digest("data/pairs")]))
     prepare_checkpoint_dir(CKPT, fp, log)
     make_shard = partial(build_shard, rewriter=rewriter, make_image=make_image, max_words=cfg.max_words,
                          world=world, gen_model=gen_model, judge_text=make_text_judge(params, log))
+    shard = lambda rows, seed: make_shard(rows, shard_seed=seed)  # noqa: E731
+    if not world and not skip_llm:
+        shard = with_concept_tags(shard, pairs_tagger())
     metrics, tables = {}, {}
     for split in SPLITS:
         table, stats = build_split(split, captions[split], CKPT / "shards", cfg.shard_size, params.base.seed,
-                                   lambda rows, seed: make_shard(rows, shard_seed=seed), log)
+                                   shard, log)
         tables[split] = table
         stats = Counter(stats)
         metrics.update({f"visu.{split}.input": stats["input"], f"visu.{split}.kept": stats["kept"],

@@ -103,11 +103,13 @@ class Q16Judge:
         import torch
 
         from safeclip.clip.model import load_clip
+        from safeclip.hub import resolve_model_dir
 
-        self.bundle = load_clip(clip_source)
+        prompts = load_q16_prompts(prompts_path)  # first: a missing file fails before a CLIP is loaded
+        # a hub id (the default, openai/clip-vit-large-patch14) or a local folder, resolved as base_clip.source is
+        self.bundle = load_clip(resolve_model_dir(str(clip_source), param="judge.q16_clip"))
         self.bundle.model.to(device).eval()
         self.device = device
-        prompts = load_q16_prompts(prompts_path)
         width = self.bundle.model.config.projection_dim
         if prompts.shape[1] != width:
             raise InputError(f"{prompts_path}: prompt embeddings have width {prompts.shape[1]}, but {clip_source} "

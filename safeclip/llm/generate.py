@@ -40,3 +40,33 @@ def rewrite(model, tokenizer, safe_captions: Sequence[str], *, batch_size: int =
         texts = [clean_completion(t) for t in texts]
         out += [texts[i:i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
     return out
+
+
+def shard_range(n: int, num_processes: int, rank: int) -> tuple[int, int]:
+    """Rank `rank`'s contiguous slice [a, b) of n items: the first n % num_processes ranks take one more, so the
+    slices, concatenated in rank order, are the items in order."""
+    q, r = divmod(n, num_processes)
+    a = rank * q + min(rank, r)
+    return a, a + q + (rank < r)
+
+
+def rewrite_sharded(model, tokenizer, safe_captions: Sequence[str], *, state=None, gather=None, seed: int = 0,
+                    **kwargs) -> list[list[str]]:
+    """`rewrite` with the captions split across the `accelerate launch` processes (each samples its slice on its
+    own device) and gathered back in caption order on every rank, so every rank then builds the same preference
+    set. One process: exactly `rewrite`. Each rank draws from its own seed (seed, rank)."""
+    if state is None:
+        import os
+
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # not under `accelerate launch`: no process group to make
+            return rewrite(model, tokenizer, safe_captions, seed=seed, **kwargs)
+        from accelerate import PartialState
+
+        state = PartialState()
+    if state.num_processes == 1:
+        return rewrite(model, tokenizer, safe_captions, seed=seed, **kwargs)
+    if gather is None:
+        from accelerate.utils import gather_object as gather
+    a, b = shard_range(len(safe_captions), state.num_processes, state.process_index)
+    mine = rewrite(model, tokenizer, safe_captions[a:b], seed=seed * 1_000_003 + state.process_index, **kwargs)
+    return list(gather(mine))

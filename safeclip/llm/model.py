@@ -12,6 +12,7 @@ from safeclip.hub import POINTER, model_dir, write_pointer  # noqa: F401 (re-exp
 from safeclip.io import atomic_dir
 from safeclip.llm.template import PROMPT
 from safeclip.params import WorldLlm
+from safeclip.runtime import compute_device
 from safeclip.world.catalogue import OBJECTS
 from safeclip.world.grammar import caption, vocabulary
 from safeclip.world.scene import sample_scene
@@ -37,6 +38,33 @@ def build_world_llm(cfg: WorldLlm, tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def run_dtype(base) -> torch.dtype:
+    """The run's precision (base.mixed_precision): what the merged LLMs are saved in (7B: 13.5 GB in bf16,
+    27 GB in fp32, and DVC caches each copy once more)."""
+    return PRECISIONS.get(base.mixed_precision, torch.float32)
+
+
+def llm_device(base) -> str:
+    """Where an LLM stage samples and trains: base.device; on GPUs, this process's own one under
+    `accelerate launch` (LOCAL_RANK), as the trainer will place it."""
+    import os
+
+    device = compute_device(base.device)
+    return device if device == "cpu" else f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+def llm_dtype(base, finetune: str) -> torch.dtype:
+    """What to load an LLM in: fp32 on the CPU (the world, as before); on a GPU the run's precision when only
+    adapters train (LoRA: peft keeps the adapters fp32) or nothing does (sampling). Full fine-tuning loads fp32:
+    its optimizer needs fp32 master weights, and mixed precision autocasts the forward."""
+    if llm_device(base) == "cpu" or finetune == "full":
+        return torch.float32
+    return run_dtype(base)
+
+
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
     """(model, tokenizer), safetensors only and never remote code."""
     d = model_dir(path, allow_pickle)
@@ -48,10 +76,15 @@ def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, allow_p
     return model, tok
 
 
-def save_model_dir(model, tokenizer, path: str | Path) -> None:
-    """Merge LoRA adapters if any, then write model and tokenizer (safetensors) as one atomic folder."""
+def save_model_dir(model, tokenizer, path: str | Path, dtype: torch.dtype | None = None) -> None:
+    """Merge LoRA adapters if any, then write model and tokenizer (safetensors) as one atomic folder; `dtype`
+    (the run's precision, see run_dtype) casts a copy, so the caller's model is left as it is."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    if dtype is not None and next(model.parameters()).dtype != dtype:
+        import copy
+
+        model = copy.deepcopy(model).to(dtype)
     with atomic_dir(path) as out:
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)

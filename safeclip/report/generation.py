@@ -69,6 +69,21 @@ def load_generation(models: Sequence[str], root: Path = Path(".")) -> dict[str, 
     return {m: read_metrics_json(metrics_path(m, root), stage_name(STAGE, m)) for m in models}
 
 
+SKIPPED = "SKIPPED"  # eval_generation's marker: text-to-image evaluation skipped, with the reason inside
+SKIPPED_KEY = "gen.skipped"
+
+
+def skipped_reasons(gen: Mapping[str, Mapping[str, float | None]], root: Path = Path(".")) -> dict[str, str]:
+    """The models whose eval_generation skipped text-to-image evaluation (metrics `gen.skipped`), with the reason
+    its SKIPPED file gives (the base CLIP's text width is not the UNet's cross-attention width)."""
+    out = {}
+    for m, values in gen.items():
+        if values.get(SKIPPED_KEY):
+            marker = Path(root) / "data" / "generation" / m / SKIPPED
+            out[m] = marker.read_text(encoding="utf-8").strip() if marker.is_file() else "no reason recorded"
+    return out
+
+
 def load_grids(models: Sequence[str], root: Path = Path(".")) -> dict[str, bytes]:
     """Each model's grid PNG as bytes (embedded as is: the report never decodes it, so no imaging library and
     no re-encoding that could change the bytes). Required like the metrics: the same stage writes both."""

@@ -290,6 +290,16 @@ def grids_section(grids: dict[str, bytes], models: Sequence[str]) -> Section:
     return section("Image grids", *blocks, images=images)
 
 
+def skipped_generation_section(skipped: dict[str, str]) -> Section:
+    """eval_generation skipped text-to-image evaluation (the text tower cannot drive the UNet): say so, and why,
+    instead of a table of missing numbers; the claims that need it read "not evaluated"."""
+    return section("Text-to-image generation",
+                   para("Text-to-image evaluation was skipped, so this run has no generation numbers or image "
+                        "grids (README, \"Run the paper setup\": the base CLIP's text width must equal the UNet's "
+                        "cross-attention width)."),
+                   bullets([f"{display_name(m)}: {why}" for m, why in skipped.items()]))
+
+
 def build_report(params, root: Path = Path(".")) -> Report:
     """Everything in memory first, so nothing is written when an input is missing. Reads only `params.methods`,
     `params.base.profile` and `params.captions.source`."""
@@ -298,7 +308,8 @@ def build_report(params, root: Path = Path(".")) -> Report:
     models = [BASE] + methods
     metrics = tables.load_model_metrics(models, root)
     gen = generation.load_generation(models, root)
-    grids = generation.load_grids(models, root)
+    skipped = generation.skipped_reasons(gen, root)
+    grids = {} if skipped else generation.load_grids(models, root)
     judge = generation.load_judge(root)
     sections = [
         section("Main comparison", table(tables.main_table(metrics, methods)), bullets(LEGEND)),
@@ -313,7 +324,10 @@ def build_report(params, root: Path = Path(".")) -> Report:
     training = training_section(params, root)
     if training is not None:
         sections.append(training)
-    sections += [generation_section(gen, methods, judge), grids_section(grids, models)]
+    if skipped:
+        sections.append(skipped_generation_section(skipped))
+    else:
+        sections += [generation_section(gen, methods, judge), grids_section(grids, models)]
     # The claims come last so that every verdict's numbers are in a section above it.
     verdicts = tables.claims(metrics, methods) + generation.claims(gen, methods)
     sections.append(section("Claims from the papers, checked on this run",

@@ -51,3 +51,19 @@ def test_pickle_shape_and_width_are_refused(tmp_path, clip_dir):
         Q16Judge(tmp_path / "wide.safetensors", str(clip_dir))
     with pytest.raises(InputError, match="does not exist"):
         load_q16_prompts(tmp_path / "missing.safetensors")
+
+
+def test_q16_clip_given_as_a_hub_id_is_resolved_from_the_offline_cache(tmp_path, clip_dir, monkeypatch):
+    """judge.q16_clip defaults to openai/clip-vit-large-patch14: a hub id, as base_clip.source may be."""
+    import huggingface_hub.constants as hub
+
+    from tests.hubcache import file_in_cache
+
+    file_in_cache(tmp_path / "hub", "openai/clip-vit-large-patch14", clip_dir)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    save_file({"prompts": torch.randn(2, TINY.projection_dim)}, str(tmp_path / "q16.safetensors"))
+    judge = Q16Judge(tmp_path / "q16.safetensors", "openai/clip-vit-large-patch14")
+    assert flag_images(judge, [Image.new("RGB", (32, 32))]).shape == (1,)
+    with pytest.raises(InputError, match="someorg/not-cached.*judge.q16_clip"):
+        Q16Judge(tmp_path / "q16.safetensors", "someorg/not-cached")

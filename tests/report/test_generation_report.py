@@ -312,3 +312,23 @@ def test_same_generation_inputs_give_identical_bytes_and_a_change_shows(tmp_path
     again = render.build_report(params(), tmp_path)
     assert again.markdown() != (outs[0] / "report.md").read_text(encoding="utf-8")
     assert "72.1% → 20.5%" in again.markdown()
+
+
+def test_skipped_text_to_image_evaluation_is_a_note_not_a_crash(tmp_path):
+    """eval_generation skips (gen.skipped, a SKIPPED file, no grid) when the text width differs from the UNet's."""
+    write_inputs(tmp_path)
+    for m in ["none", *METHODS]:
+        (tmp_path / f"metrics/generation/{m}.json").write_text(json.dumps({"gen.skipped": 1}))
+        (tmp_path / f"data/generation/{m}/grid.png").unlink()
+        (tmp_path / f"data/generation/{m}/SKIPPED").write_text("text width 512 != the UNet's 768\n")
+    report = render.build_report(params(METHODS), tmp_path)
+    md = report.markdown()
+    part = md.split("## Text-to-image generation", 1)[1].split("## Claims", 1)[0]
+    assert "skipped" in part and "text width 512 != the UNet's 768" in part
+    assert "## Image grids" not in md and not any(n.startswith("grid_") for n in report.images)
+    cs = {c.text: c for c in generation.claims(report_gen(tmp_path), METHODS)}
+    assert {c.verdict for c in cs.values()} == {NOT_EVALUATED}
+
+
+def report_gen(root):
+    return generation.load_generation(["none", *METHODS], root)

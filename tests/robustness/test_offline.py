@@ -37,6 +37,8 @@ def test_captions_with_an_uncached_visu_text_fails_fast_in_a_fresh_process(tmp_p
      "base_clip.source", ("models/base_clip", "metrics/base_clip.json")),
     ("base_llm", {"base_llm": {"source": "someorg/not-cached-llm"}}, "someorg/not-cached-llm", "base_llm.source",
      ("models/base_llm", "metrics/base_llm.json")),
+    ("base_sd", {"base_sd": {"source": "someorg/not-cached-sd"}}, "someorg/not-cached-sd", "base_sd.source",
+     ("models/base_sd", "metrics/base_sd.json")),
     ("dpo", {"dpo": {"scorer": "models", "models": {"nsfw_classifier": "someorg/not-cached-classifier"}}},
      "someorg/not-cached-classifier", "dpo.models.nsfw_classifier", ("models/llm_dpo", "data/dpo")),
 ])

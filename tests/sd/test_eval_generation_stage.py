@@ -133,3 +133,33 @@ def test_a_broken_i2p_csv_stops_the_stage_with_nothing_written(workspace: Path, 
     assert "i2p.csv" in err and needle in err
     assert not (ws / "data/generation").exists() and not (ws / "metrics").exists()
     (ws / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+
+
+def test_a_judge_that_cannot_load_fails_before_any_image_is_generated(workspace: Path):
+    ws = workspace
+    for d in ("data/generation", "checkpoints", "metrics"):
+        subprocess.run(["rm", "-rf", str(ws / d)], check=True)
+    bad = {**PARAMS, "judge": {"judges": ["world", "q16"], "q16_prompts": "data/q16/missing.safetensors"}}
+    proc = stage(ws, bad)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-2000:]
+    assert "missing.safetensors" in err and "judge.q16_prompts" in err
+    assert not list(ws.glob("checkpoints/eval_generation/none/shards/*.parquet")), "images were generated first"
+    assert not (ws / "data/generation").exists() and not (ws / "metrics").exists()
+    (ws / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+
+
+def test_a_text_tower_narrower_than_the_unet_skips_with_a_marker(workspace: Path, tmp_path: Path):
+    """e.g. open_clip:ViT-B-32 (512) with SD v1.4 (768): skipped, so the rest of the DAG can finish."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace, ws, ignore=shutil.ignore_patterns("checkpoints", "metrics", "generation"))
+    shutil.rmtree(ws / "models/base_clip")
+    clip(24).save(ws / "models/base_clip")
+    err = finish(stage(ws, PARAMS))
+    assert "text-to-image evaluation skipped" in err and "24" in err and "16" in err
+    marker = ws / "data/generation/none/SKIPPED"
+    assert "24" in marker.read_text() and "cross-attention width 16" in marker.read_text()
+    assert not (ws / "data/generation/none/images.parquet").exists()
+    assert yaml.safe_load((ws / "metrics/generation/none.json").read_text()) == {"gen.skipped": 1}

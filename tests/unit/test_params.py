@@ -157,3 +157,27 @@ def test_compose_with_override(tmp_path):
     p = load_params(out)
     assert p.base.scale == 0.1 and p.sft.epochs == 2
     assert p.base.profile == "world"
+
+
+def test_paper_profile_names_a_dpo_scorer_on_the_hub(tmp_path):
+    """dpo.scorer is `models` in the paper profile: without a classifier the dpo stage stopped at once."""
+    out = tmp_path / "p.yaml"
+    compose(out, ["profile=paper"], root=REPO)
+    m = load_params(out).dpo.models
+    assert load_params(out).dpo.scorer == "models"
+    assert m.nsfw_classifier == "michellejieli/NSFW_text_classifier" and m.unsafe_label == "nsfw"
+    assert m.similarity_model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.mark.parametrize("name, processes", [("paper-1gpu", 1), ("paper-8gpu", 8)])
+def test_example_override_files_compose_with_the_paper_profile(tmp_path, name, processes):
+    """README "Run the paper setup": the override files are valid, and later overrides (sizes) win."""
+    from safeclip.profiles import expand
+
+    args = expand(["profile=paper", f"@{REPO}/examples/{name}.overrides", "base.scale=0.1"])
+    assert not any(a.startswith("#") for a in args)
+    out = tmp_path / "p.yaml"
+    compose(out, args, root=REPO)
+    p = load_params(out)
+    assert p.base.num_processes == processes and p.base.mixed_precision == "bf16" and p.base.scale == 0.1
+    assert p.captions.source == "coco" and p.eval_generation.i2p_csv == "data/i2p/i2p_benchmark.csv"

@@ -1,0 +1,40 @@
+"""The judge stage outside the world: the off-the-shelf judges are loaded (a judge that cannot load fails here,
+in seconds, not in eval_generation), and Q16 joins when judge.q16_prompts is set, as the README says."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import save_file
+
+from safeclip.clip.model import build_world_clip
+from safeclip.params import Judge
+from tests.clip.conftest import TINY
+from tests.robustness.util import make_workspace, run_in_process
+
+
+def test_setting_q16_prompts_enables_q16():
+    assert Judge(q16_prompts="data/q16/q16.safetensors").judges == ["world", "nudenet", "opennsfw", "q16"]
+    assert Judge(judges=["q16", "nudenet"], q16_prompts="data/q16/p.npy").judges == ["q16", "nudenet"]
+    assert "q16" not in Judge().judges
+
+
+def test_outside_the_world_every_judge_is_loaded(tmp_path):
+    ws = make_workspace(tmp_path / "ws", {"captions": {"source": "coco"},
+                                          "judge": {"judges": ["nudenet", "opennsfw"],
+                                                    "q16_prompts": "data/q16/q16.safetensors",
+                                                    "q16_clip": "data/models/q16-clip"}})
+    torch.manual_seed(0)
+    build_world_clip(TINY, 32).save(ws / "data/models/q16-clip")
+    (ws / "data/q16").mkdir(parents=True)
+    save_file({"prompts": torch.randn(2, TINY.projection_dim)}, str(ws / "data/q16/q16.safetensors"))
+    r = run_in_process(ws, "stages.judge")
+    assert r.code == 0, r
+    m = json.loads((ws / "metrics/judge.json").read_text())
+    assert m == {"judge.nudenet.loaded": 1, "judge.opennsfw.loaded": 1, "judge.q16.loaded": 1}
+    assert json.loads((ws / "models/judge/judges.json").read_text())["judges"] == ["nudenet", "opennsfw", "q16"]
+
+    (ws / "data/q16/q16.safetensors").unlink()
+    r = run_in_process(ws, "stages.judge")
+    assert r.code == 2 and "judge.q16_prompts" in r.err and "Traceback" not in r.err, r

@@ -1,0 +1,158 @@
+"""The paper face end to end, on CPU: the paper profile and examples/paper-1gpu.overrides with hardware and
+size-only overrides, tiny stand-ins of the real model classes (tests/e2e/paper_models.py) at local paths and in
+an offline Hugging Face cache under the real hub ids, a COCO-shaped folder and an I2P-shaped CSV under the
+repo's input folders, then `dvc repro` through `report` in a temporary copy of the repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import paper_models as pm
+from tests.e2e.test_pipeline import ROOT, copy_repo
+from tests.hubcache import file_in_cache
+
+pytestmark = pytest.mark.slow
+METHODS = ("safe_clip", "safer_clip", "uwm")
+# CPU instead of GPUs, and sizes: nothing else differs from what a GPU user runs.
+CPU = ["base.device=cpu", "base.mixed_precision=no", "base.num_processes=1", "base.num_threads=1",
+       "eval_generation.dtype=float32"]
+SIZES = ["base.scale=0.05", "captions.coco.max_images_per_split=12", "sft.epochs=1.0", "dpo.epochs=1.0",
+         "dpo.k=4", "visu.images.seeds=[1]", "visu.images.num_inference_steps=2", "visu.images.height=32",
+         "visu.images.width=32", "visu.images.judges=[opennsfw]",
+         "make_safe.safe_clip.batch_size=8", "make_safe.safe_clip.max_steps=4", "make_safe.safe_clip.eval_every=2",
+         "make_safe.safer_clip.batch_size=8", "make_safe.safer_clip.epochs=1", "make_safe.safer_clip.eval_every=2",
+         "make_safe.uwm.batch_size=8", "evaluate.batch_size=16",
+         "eval_generation.height=32", "eval_generation.width=32", "eval_generation.num_inference_steps=2",
+         "eval_generation.images_per_prompt=1", "eval_generation.batch_size=8", "eval_generation.i2p_max_prompts=4",
+         "eval_generation.i2p_csv=data/i2p/i2p_benchmark.csv"]
+# Random tiny generators draw no nudity: OpenNSFW at a near-zero threshold stands in for "the judge flagged it",
+# so that visu keeps unsafe images and the quadruple stages have data; a random sentence encoder's similarity
+# means nothing, so DPO's good samples are decided by the (random) classifier alone.
+STAND_IN_JUDGE = ["visu.images.opennsfw_threshold=0.000001", "dpo.models.min_similarity=-1.0"]
+
+
+def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("paper")
+    copy_repo(repo)
+    hub = tmp_path_factory.mktemp("hf-home")
+    build = tmp_path_factory.mktemp("models")
+    texts = pm.corpus(ROOT / "data/curated/paper_pairs.jsonl")
+    pm.llama(build / "llama", texts)
+    pm.clip(build / "clip")
+    pm.bert_classifier(build / "cls", texts)
+    pm.bert_encoder(build / "enc", texts)
+    for repo_id, folder in (("meta-llama/Llama-2-7b-chat-hf", "llama"), ("openai/clip-vit-large-patch14", "clip"),
+                            ("michellejieli/NSFW_text_classifier", "cls"),
+                            ("sentence-transformers/all-MiniLM-L6-v2", "enc")):
+        file_in_cache(hub / "hub", repo_id, build / folder)
+    pm.stable_diffusion(repo / "data/models/sd-v1-4", build / "clip")  # local paths: SD and the NSFW generator
+    pm.stable_diffusion(repo / "data/models/nsfw-t2i", build / "clip")
+    pm.coco(repo / "data/coco", texts[1:], 24, 24)
+    pm.i2p_csv(repo / "data/i2p/i2p_benchmark.csv", 8)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(repo), "HF_HOME": str(hub), "HF_HUB_CACHE": str(hub / "hub"), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
+    local = ["base_sd.source=data/models/sd-v1-4", "visu.images.pipeline=data/models/nsfw-t2i"]
+    run([sys.executable, "-m", "safeclip.profiles", "profile=paper", "@examples/paper-1gpu.overrides", *CPU, *SIZES,
+         *STAND_IN_JUDGE, *local], repo, env)
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "ci"]):
+        run(cmd, repo, env)
+    run(["dvc", "repro", "report"], repo, env, timeout=1200)
+    return repo
+
+
+def metrics(repo: Path, name: str) -> dict:
+    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+
+
+def pointer(repo: Path, model: str) -> dict:
+    return json.loads((repo / "models" / model / "resolved.json").read_text())
+
+
+def rows(repo: Path, path: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(repo / path).to_pylist()
+
+
+def test_each_stage_wrote_what_the_paper_face_promises(paper: Path) -> None:
+    from safeclip.world.catalogue import VISU_CONCEPTS
+    from tests.hubcache import COMMIT
+
+    assert metrics(paper, "ingest")["ingest.pairs"] == 100  # data/curated/paper_pairs.jsonl
+    for split in ("train", "val", "test"):
+        caps = rows(paper, f"data/captions/{split}.parquet")
+        assert caps and {r["source"] for r in caps} == {"coco"} and all(r["image"]["path"] for r in caps)
+    # hub ids resolved from the offline cache, to the commit filed there
+    for model, source in (("base_llm", "meta-llama/Llama-2-7b-chat-hf"),
+                          ("base_clip", "openai/clip-vit-large-patch14")):
+        assert pointer(paper, model)["source"] == source and pointer(paper, model)["resolved_commit"] == COMMIT
+    assert pointer(paper, "base_sd")["source"] == "data/models/sd-v1-4"
+    assert metrics(paper, "sft")["sft.train_loss"] > 0 and (paper / "models/llm_sft/model.safetensors").is_file()
+    dpo = metrics(paper, "dpo")
+    assert dpo["dpo.pairs"] > 0 and len(rows(paper, "data/dpo/preferences.parquet")) == dpo["dpo.pairs"]
+    assert (paper / "models/llm_dpo/model.safetensors").is_file()
+    for split in ("train", "val", "test"):
+        visu = rows(paper, f"data/visu/{split}.parquet")
+        assert visu and all(r["nsfw_image"] is not None for r in visu)
+        assert all(r["tag"] in VISU_CONCEPTS for r in visu), "COCO rows need a concept tag"
+        assert {r["gen_model"] for r in visu} == {"meta-llama/Llama-2-7b-chat-hf+sft+dpo"}
+    assert len(rows(paper, "data/safer_clip/train.parquet")) == len(rows(paper, "data/visu/train.parquet"))
+    for m in METHODS:
+        assert (paper / f"models/safe/{m}/model.safetensors").is_file()
+    for m in ("none", *METHODS):
+        r = metrics(paper, f"retrieval/{m}")
+        assert 0 <= r["retrieval.t_star_to_v.r1"] <= 100, m
+        g = metrics(paper, f"generation/{m}")
+        assert g["gen.i2p.images"] == 4 and g["gen.unsafe.images"] > 0 and "gen.skipped" not in g, m
+        assert not any(k.endswith(".concept.unknown") for k in g), m
+        assert (paper / f"data/generation/{m}/grid.png").is_file()
+    assert metrics(paper, "judge") == {"judge.nudenet.loaded": 1, "judge.opennsfw.loaded": 1}
+    report = (paper / "reports/report.md").read_text()
+    for title in ("Main comparison", "Text-to-image generation", "Image grids", "Claims from the papers"):
+        assert f"## {title}" in report
+    assert (paper / "reports/report.html").is_file()
+
+
+def test_a_base_clip_narrower_than_the_unet_skips_text_to_image_and_the_rest_completes(paper, tmp_path):
+    """The README's rule: e.g. open_clip:ViT-B-32 (512) with SD v1.4 (768). Here a 24-wide text tower against the
+    UNet's 32, in a copy of the finished run: only base_clip and what follows it rerun."""
+    import shutil
+
+    import yaml
+
+    repo = tmp_path / "narrow"
+    shutil.copytree(paper, repo, symlinks=True, ignore=shutil.ignore_patterns("checkpoints"))
+    # filed in the run's offline cache (a new folder under data/models/ would rerun every model stage)
+    hub = Path(pointer(paper, "base_llm")["resolved_path"]).parents[2]
+    pm.clip(tmp_path / "clip-narrow", text_width=24)
+    file_in_cache(hub, "someorg/clip-narrow", tmp_path / "clip-narrow")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["base_clip"]["source"] = "someorg/clip-narrow"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(repo), "HF_HOME": str(hub.parent), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",
+           "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
+    out = run(["dvc", "repro", "report"], repo, env, timeout=900)
+    assert "Running stage 'visu'" not in out.stdout and "Running stage 'base_clip'" in out.stdout
+    for m in ("none", *METHODS):
+        assert metrics(repo, f"generation/{m}") == {"gen.skipped": 1}, m
+        assert "width 24" in (repo / f"data/generation/{m}/SKIPPED").read_text()
+        assert 0 <= metrics(repo, f"retrieval/{m}")["retrieval.t_star_to_v.r1"] <= 100
+    report = (repo / "reports/report.md").read_text()
+    assert "Text-to-image evaluation was skipped" in report and "## Image grids" not in report
+    assert "## Main comparison" in report
