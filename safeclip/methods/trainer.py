@@ -115,9 +115,11 @@ def finetune(bundle: ClipBundle, objective: Objective, train: Quadruples, val: Q
     log.info("%s: %d trainable LoRA parameters of %d", name, sum(p.numel() for p in trainable),
              sum(p.numel() for p in model.parameters()))
     opt = torch.optim.Adam(trainable, lr=schedule.learning_rate)  # no weight decay (the paper's)
-    lr_at = lr_factor(schedule.lr_schedule, schedule.steps)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    model, opt, lr_sched = accelerator.prepare(model, opt, lr_sched)
+    # Not through accelerator.prepare: its scheduler wrapper steps num_processes times per optimizer step (it
+    # assumes per-process batches); our steps are global, so the schedule must advance once per step anywhere.
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(schedule.lr_schedule, schedule.steps))
+    model, opt = accelerator.prepare(model, opt)
+    accelerator.register_for_checkpointing(lr_sched)
     raw = accelerator.unwrap_model(model)
     device = accelerator.device
     if frozen is not None:

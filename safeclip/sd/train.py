@@ -156,7 +156,8 @@ def train_unet(unet, latents: torch.Tensor, caption_index: np.ndarray, text_stat
 
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
     sched = warmup_constant(opt, cfg.warmup_steps)
-    unet, opt, sched = accelerator.prepare(unet, opt, sched)
+    unet, opt = accelerator.prepare(unet, opt)
+    accelerator.register_for_checkpointing(sched)  # not prepared: accelerate would step it once per process
     raw = accelerator.unwrap_model(unet)
     ema = EMAModel(raw.parameters(), decay=cfg.ema_decay, model_cls=type(raw), model_config=raw.config)
     accelerator.register_for_checkpointing(ema)
