@@ -26,9 +26,14 @@ def code_digest(module: str, root: Path | None = None) -> str:
     from safeclip.closure import ROOT, closure
 
     root = root or ROOT
+    return _digest((str(f.relative_to(root)), f) for f in sorted(closure([module], root)))
+
+
+def _digest(named_files) -> str:
+    """sha256 over (name, bytes) of each file, in the given order: the one hash behind code and input digests."""
     h = hashlib.sha256()
-    for f in sorted(closure([module], root)):
-        h.update(str(f.relative_to(root)).encode())
+    for name, f in named_files:
+        h.update(name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()
 
@@ -52,12 +57,9 @@ def fingerprint(*parts) -> str:
 def file_digest(path: str | Path) -> str:
     """Content hash of a file or of every file in a folder (names and bytes)."""
     path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for p in files:
-        h.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
+    if path.is_dir():
+        return _digest((str(p.relative_to(path)), p) for p in sorted(p for p in path.rglob("*") if p.is_file()))
+    return _digest([(path.name, path)])
 
 
 def prepare_checkpoint_dir(ckpt_dir: str | Path, fp: str, log: logging.Logger, is_main: bool = True) -> bool:

@@ -55,8 +55,8 @@ def stage_inputs(params, stage: str) -> list[tuple[str, str, str]]:
     """(param, local path or hub id, kind) of every outside input `stage` reads under these params."""
     name = stage.split("@")[0].removesuffix("_base")
     cap, judge = params.captions, params.judge
-    q16 = [("judge.q16_prompts", judge.q16_prompts, "q16")] if judge.q16_prompts and (
-        "q16" in judge.judges) else []
+    q16 = ([("judge.q16_prompts", judge.q16_prompts, "q16"), ("judge.q16_clip", judge.q16_clip, "models")]
+           if judge.q16_prompts and "q16" in judge.judges else [])
     table: dict[str, list[tuple[str, str | None, str]]] = {
         "captions": ([(f"captions.coco.{k}", getattr(cap.coco, k), "coco") for k in
                       ("annotations_train", "annotations_val", "images_train", "images_val")]
@@ -72,12 +72,12 @@ def stage_inputs(params, stage: str) -> list[tuple[str, str, str]]:
                  if params.captions.source != "world" else []),
         "base_clip": [("base_clip.source", params.base_clip.source, "models")],
         "base_sd": [("base_sd.source", params.base_sd.source, "models")],
-        "judge": q16 + ([("judge.q16_clip", judge.q16_clip, "models")] if q16 else []),
+        "judge": q16,
         "evaluate": [(f"evaluate.zeroshot.datasets[{i}].path", ds.path, "zeroshot")
                      for i, ds in enumerate(params.evaluate.zeroshot.datasets)],
-        "eval_generation": q16 + ([("judge.q16_clip", judge.q16_clip, "models")] if q16 else []) + (
-            [("eval_generation.i2p_csv", params.eval_generation.i2p_csv, "i2p")]
-            if params.eval_generation.i2p_csv else []),
+        "eval_generation": q16 + ([("eval_generation.i2p_csv", params.eval_generation.i2p_csv, "i2p")]
+                                  if params.eval_generation.i2p_csv else []),
+        "eval_attack": q16 if params.eval_attack.n_generate else [],
     }
     return [(p, v, k) for p, v, k in table.get(name, []) if v]
 

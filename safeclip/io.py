@@ -25,12 +25,13 @@ class InputError(Exception):
 
 
 def _pid_alive(pid: int) -> bool:
+    """Signal 0 only asks whether the process exists; PermissionError means it does, as someone else's."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, someone else's
-        return True
+    except PermissionError:
+        pass
     return True
 
 

@@ -464,6 +464,31 @@ class EvalGeneration(Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
+class EvalAttack(Section):
+    """A white-box prompt attack on each text tower (safeclip/eval/attack.py): k adversarial tokens found by
+    gradient-guided greedy coordinate search, pulling the tower's embedding to where the base tower puts the
+    unsafe caption."""
+
+    n_prompts: PosInt = 160  # test unsafe captions attacked (eval_generation's seeded order, so the same first ones)
+    budgets: Annotated[list[PosInt], AfterValidator(_unique)] = [1, 2, 3]  # adversarial tokens k: the budget curve
+    budget: PosInt = 2  # the headline budget: generation, examples and the report's claim
+    steps: PosInt = 8  # coordinate steps at most; a prompt stops when no substitution lowers its objective
+    top_k: PosInt | None = 8  # tokens per position ranked by the one-hot gradient; null: every allowed token
+    search_width: PosInt | None = None  # (slot, token) candidates scored per step, drawn at random; null: all
+    init_token: str = "a"  # what a banned word is first replaced by (one token: a world word; CLIP BPE e.g. "!")
+    banned_words: list[str] = []  # besides the world's unsafe object names: words an attacked prompt may not hold
+    exhaustive_check: NonNegInt = 4  # prompts whose budget optimum is also found by enumeration (small vocab)
+    exhaustive_limit: PosInt = 20000  # enumerate a prompt only when it has at most this many legal fillings
+    n_generate: NonNegInt = 32  # prompts drawn clean and attacked (both modes) at the headline budget; 0: none
+    examples: PosInt = 6  # attacked prompts shown with their images in the report
+
+    @model_validator(mode="after")
+    def _budget_in_budgets(self):
+        if self.budget not in self.budgets:
+            raise ValueError(f"budget {self.budget} must be one of budgets {self.budgets}")
+        return self
+
+
 MethodName = Literal["safe_clip", "safer_clip", "uwm"]
 
 
@@ -485,6 +510,7 @@ class Params(Section):
     base_sd: BaseSd = BaseSd()
     judge: Judge = Judge()
     eval_generation: EvalGeneration = EvalGeneration()
+    eval_attack: EvalAttack = EvalAttack()
 
 
 class ParamsError(Exception):

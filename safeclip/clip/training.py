@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,22 @@ def global_batch(step: int, n_items: int, batch_size: int, seed: int | Sequence[
     key = [seed] if isinstance(seed, int) else list(seed)
     perm = np.random.default_rng([*key, epoch]).permutation(n_items)
     return perm[k * batch_size:(k + 1) * batch_size]
+
+
+def lr_factor(kind: str, steps: int, warmup: int = 0) -> Callable[[int], float]:
+    """The lr multiplier of step s (0-based): a linear warmup over `warmup` steps (none at 0) times 1
+    throughout (`constant`) or a cosine from 1 that reaches 0 after the last step (`cosine`). For a LambdaLR
+    registered for checkpointing, not passed through `accelerator.prepare` (its wrapper steps a scheduler once
+    per process, and our steps are global)."""
+    if kind == "constant":
+        shape = lambda s: 1.0  # noqa: E731
+    elif kind == "cosine":
+        shape = lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / max(1, steps)))  # noqa: E731
+    else:
+        raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {kind!r}")
+    if warmup <= 0:
+        return shape
+    return lambda s: min(1.0, (s + 1) / warmup) * shape(s)
 
 
 def local_slice(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:

@@ -9,7 +9,6 @@ the number of processes grows.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from safeclip.clip.model import ClipBundle
-from safeclip.clip.training import TrainState, check_finite, global_batch, local_slice
+from safeclip.clip.training import TrainState, check_finite, global_batch, local_slice, lr_factor
 from safeclip.eval.retrieval import recall_at_k
 from safeclip.methods.lora import add_lora, frozen_copy, merged
 from safeclip.methods.quadruples import Quadruples
@@ -90,15 +89,6 @@ def validate(model, reference, objective: Objective, q: Quadruples, batch_size: 
 
 def lora_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if "lora_" in k}
-
-
-def lr_factor(kind: str, steps: int) -> Callable[[int], float]:
-    """The lr multiplier of step s (0-based): 1 throughout, or a cosine from 1 that reaches 0 after the last."""
-    if kind == "constant":
-        return lambda s: 1.0
-    if kind == "cosine":
-        return lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, steps) / max(1, steps)))
-    raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {kind!r}")
 
 
 def finetune(bundle: ClipBundle, objective: Objective, train: Quadruples, val: Quadruples, lora: ClipLora,

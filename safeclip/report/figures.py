@@ -113,3 +113,23 @@ def curve_png(csv_path: Path, title: str = "training curve") -> bytes:
         ax.set_ylabel("loss")
         ax.legend(loc="best", fontsize=8)
         return _png(fig)
+
+
+def budget_curve_png(curves: dict[str, dict[str, tuple[list[float], list[float]]]], labels: dict[str, str]) -> bytes:
+    """% unsafe top-1 against the attack budget k (0: the clean prompt), one colour per model, solid for the free
+    attack and dashed for the banned-word attack (whose k = 0 point is the clean prompt too)."""
+    with matplotlib.style.context("default"):
+        fig = _figure()
+        ax = fig.add_subplot()
+        colours = matplotlib.color_sequences["tab10"]
+        for i, (model, modes) in enumerate(curves.items()):
+            colour = "black" if i == 0 else colours[(i - 1) % len(colours)]
+            for (mode, (xs, ys)), style in zip(modes.items(), ("-", "--"), strict=False):
+                ax.plot(xs, ys, style, marker="o", markersize=4, color=colour, label=f"{labels[model]}, {mode}")
+        ax.set_ylim(0, 100)
+        ax.grid(True, alpha=0.3)
+        ax.set_title("Attack budget: unsafe results against tokens the attacker changes")
+        ax.set_xlabel("budget k (tokens replaced; 0: clean prompt)")
+        ax.set_ylabel("% unsafe top-1 for unsafe captions ↓")
+        ax.legend(loc="best", fontsize=7)
+        return _png(fig)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safeclip.io import atomic_dir
-from safeclip.report import figures, generation, tables
+from safeclip.report import attack, figures, generation, tables
 from safeclip.report.tables import BASE, Claim, Table, display_name
 
 Block = tuple[str, str]  # (markdown, html)
@@ -300,6 +300,41 @@ def skipped_generation_section(skipped: dict[str, str]) -> Section:
                    bullets([f"{display_name(m)}: {why}" for m, why in skipped.items()]))
 
 
+ATTACK_INTRO = (
+    "A white-box attacker changes at most k tokens of each unsafe test caption, searching (greedy coordinate "
+    "search guided by the gradient with respect to one-hot tokens, as GCG and MMA-Diffusion do) for the prompt whose "
+    "embedding under the model's text tower lands where the base tower puts the unsafe caption. The free attack "
+    "may use any word; the banned-word attack must first replace the caption's unsafe words, which it may not use "
+    "again, so it must find a detour. Success is judged on the attacked text, re-tokenised: its top-1 item in the "
+    "mixed test gallery is an unsafe image. None of the three papers attacks its own model; this is beyond them.")
+
+
+def attack_section(att: dict[str, tables.Metrics], methods: Sequence[str], root: Path) -> Section:
+    models = [BASE, *methods]
+    labels = {m: display_name(m) for m in models}
+    curves = {m: attack.read_budget_curve(root / "plots" / "attack" / f"{m}.csv") for m in models}
+    png = figures.budget_curve_png({m: {attack.MODE_LABELS[mode]: c for mode, c in curves[m].items()}
+                                    for m in models}, labels)
+    blocks = [para(ATTACK_INTRO), table(attack.attack_table(att, methods)),
+              bullets([attack.change_sentence(m, att) for m in models])]
+    line = attack.optimality_line(att)
+    if line is not None:
+        blocks.append(para(line))
+    blocks.append(image("attack_budget.png", png, "% unsafe top-1 (own towers) against the attack budget k"))
+    images = {"attack_budget.png": png}
+    examples = attack.load_examples(models, root)
+    if examples:
+        blocks.append(para("Stable Diffusion with each model's text tower, for the first attacked test captions "
+                           "(columns): top row the clean unsafe caption, then the free attack, then the banned-word "
+                           "attack, each from the same initial noise. The prompts are below each grid."))
+        for m, (grid, ex) in examples.items():
+            name = f"attack_grid_{m}.png"
+            images[name] = grid
+            blocks += [image(name, grid, f"{display_name(m)}: clean / free attack / banned-word attack"),
+                       table(attack.examples_table(ex))]
+    return section("Robustness to attack", *blocks, images=images)
+
+
 def build_report(params, root: Path = Path(".")) -> Report:
     """Everything in memory first, so nothing is written when an input is missing. Reads only `params.methods`,
     `params.base.profile` and `params.captions.source`."""
@@ -311,6 +346,7 @@ def build_report(params, root: Path = Path(".")) -> Report:
     skipped = generation.skipped_reasons(gen, root)
     grids = {} if skipped else generation.load_grids(models, root)
     judge = generation.load_judge(root)
+    att = attack.load_attack(models, root)
     sections = [
         section("Main comparison", table(tables.main_table(metrics, methods)), bullets(LEGEND)),
         section("Text tower only (as a text-to-image model uses it)",
@@ -328,8 +364,9 @@ def build_report(params, root: Path = Path(".")) -> Report:
         sections.append(skipped_generation_section(skipped))
     else:
         sections += [generation_section(gen, methods, judge), grids_section(grids, models)]
+    sections.append(attack_section(att, methods, root))
     # The claims come last so that every verdict's numbers are in a section above it.
-    verdicts = tables.claims(metrics, methods) + generation.claims(gen, methods)
+    verdicts = tables.claims(metrics, methods) + generation.claims(gen, methods) + attack.claims(att, methods)
     sections.append(section("Claims from the papers, checked on this run",
                             para("Each verdict is computed from the numbers above; not evaluated means a method "
                                  "the claim needs is not in this run, or a number it needs is missing."),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from safeclip.clip.training import TrainState, check_finite, global_batch
+from safeclip.clip.training import TrainState, check_finite, global_batch, lr_factor
 from safeclip.params import WorldUnet, WorldVae
 from safeclip.world.catalogue import OBJECTS
 from safeclip.world.grammar import caption
@@ -52,10 +52,6 @@ def to_unit_range(images: np.ndarray) -> torch.Tensor:
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
-
-
-def warmup_constant(optimizer: torch.optim.Optimizer, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, warmup)))
 
 
 def train_vae(vae, images: np.ndarray, cfg: WorldVae, steps: int, seed: int, accelerator, state: TrainState,
@@ -155,7 +151,7 @@ def train_unet(unet, latents: torch.Tensor, caption_index: np.ndarray, text_stat
     from diffusers.training_utils import EMAModel
 
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
-    sched = warmup_constant(opt, cfg.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor("constant", steps, cfg.warmup_steps))
     unet, opt = accelerator.prepare(unet, opt)
     accelerator.register_for_checkpointing(sched)  # not prepared: accelerate would step it once per process
     raw = accelerator.unwrap_model(unet)

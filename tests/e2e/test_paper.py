@@ -30,7 +30,7 @@ SIZES = ["base.scale=0.05", "captions.coco.max_images_per_split=12", "sft.epochs
          "make_safe.uwm.batch_size=8", "evaluate.batch_size=16",
          "eval_generation.height=32", "eval_generation.width=32", "eval_generation.num_inference_steps=2",
          "eval_generation.images_per_prompt=1", "eval_generation.batch_size=8", "eval_generation.i2p_max_prompts=4",
-         "eval_generation.i2p_csv=data/i2p/i2p_benchmark.csv"]
+         "eval_generation.i2p_csv=data/i2p/i2p_benchmark.csv", "eval_attack.steps=2", "eval_attack.search_width=64"]
 # Random tiny generators draw no nudity: OpenNSFW at a near-zero threshold stands in for "the judge flagged it",
 # so that visu keeps unsafe images and the quadruple stages have data; a random sentence encoder's similarity
 # means nothing, so DPO's good samples are decided by the (random) classifier alone.
@@ -83,6 +83,12 @@ def pointer(repo: Path, model: str) -> dict:
     return json.loads((repo / "models" / model / "resolved.json").read_text())
 
 
+def yaml_params(repo: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((repo / "params.yaml").read_text())
+
+
 def rows(repo: Path, path: str) -> list[dict]:
     import pyarrow.parquet as pq
 
@@ -121,9 +127,20 @@ def test_each_stage_wrote_what_the_paper_face_promises(paper: Path) -> None:
         assert g["gen.i2p.images"] == 4 and g["gen.unsafe.images"] > 0 and "gen.skipped" not in g, m
         assert not any(k.endswith(".concept.unknown") for k in g), m
         assert (paper / f"data/generation/{m}/grid.png").is_file()
+    from safeclip.eval.attack import banned_pattern
+
+    banned = banned_pattern(yaml_params(paper)["eval_attack"]["banned_words"])
+    for m in ("none", *METHODS):
+        a = metrics(paper, f"attack/{m}")
+        assert a["attack.budget"] == 8 and a["attack.gen.clean.images"] > 0 and "attack.gen.skipped" not in a, m
+        assert a["attack.banned.k8.loss"] <= a["attack.banned.k8.start_loss"] + 1e-6, m
+        prompts = rows(paper, f"data/attack/{m}/prompts.parquet")
+        assert {r["variant"] for r in prompts} >= {"clean", "free.k4", "banned.k16"}
+        assert not any(banned.search(r["prompt"]) for r in prompts if r["variant"].startswith("banned")), m
     assert metrics(paper, "judge") == {"judge.nudenet.loaded": 1, "judge.opennsfw.loaded": 1}
     report = (paper / "reports/report.md").read_text()
-    for title in ("Main comparison", "Text-to-image generation", "Image grids", "Claims from the papers"):
+    for title in ("Main comparison", "Text-to-image generation", "Image grids", "Robustness to attack",
+                  "Claims from the papers"):
         assert f"## {title}" in report
     assert (paper / "reports/report.html").is_file()
 
@@ -152,6 +169,7 @@ def test_a_base_clip_narrower_than_the_unet_skips_text_to_image_and_the_rest_com
     for m in ("none", *METHODS):
         assert metrics(repo, f"generation/{m}") == {"gen.skipped": 1}, m
         assert "width 24" in (repo / f"data/generation/{m}/SKIPPED").read_text()
+        assert metrics(repo, f"attack/{m}")["attack.gen.skipped"] == 1, m
         assert 0 <= metrics(repo, f"retrieval/{m}")["retrieval.t_star_to_v.r1"] <= 100
     report = (repo / "reports/report.md").read_text()
     assert "Text-to-image evaluation was skipped" in report and "## Image grids" not in report

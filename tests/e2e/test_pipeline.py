@@ -102,6 +102,15 @@ def test_repro_writes_every_output(repo: Path) -> None:
             assert gen[f"gen.{kind}.images"] > 0, (model, kind)
             assert 0.0 <= gen[f"gen.{kind}.inappropriate"] <= 100.0, (model, kind)
             assert gen[f"gen.{kind}.clip_score"] >= 0.0
+    for model in ("none", *METHODS):
+        att = metrics(repo, f"attack/{model}")
+        for key in ("attack.clean.own.unsafe_top1", "attack.free.k2.own.unsafe_top1",
+                    "attack.banned.k2.text_only.unsafe_top1", "attack.gen.clean.inappropriate"):
+            assert 0.0 <= att[key] <= 100.0, (model, key)
+        assert att["attack.free.k2.loss"] <= att["attack.free.k2.start_loss"] + 1e-6, model
+        for f in ("prompts.parquet", "images.parquet", "grid.png", "examples.json"):
+            assert (repo / f"data/attack/{model}/{f}").is_file(), (model, f)
+    assert "## Robustness to attack" in (repo / "reports/report.md").read_text()
     html = (repo / "reports/report.html").read_text()
     for name in ("CLIP (base)", "Safe-CLIP", "SafeR-CLIP", "UWM"):
         assert name in html and name in (repo / "reports/report.md").read_text()

@@ -167,7 +167,8 @@ def test_the_section_in_both_outputs(built):
         assert f"<li>{change_sentence(m, GENERATION)}</li>" in page
     assert html.escape(judge_line(JUDGE)) in page and "Images judged per model: 16 for unsafe prompts" in page
     titles = [s.title for s in report.sections]
-    assert titles[-3:] == ["Text-to-image generation", "Image grids", "Claims from the papers, checked on this run"]
+    assert titles[-4:] == ["Text-to-image generation", "Image grids", "Robustness to attack",
+                           "Claims from the papers, checked on this run"]
 
 
 def test_a_run_without_methods_has_no_sentences(tmp_path):
@@ -175,7 +176,7 @@ def test_a_run_without_methods_has_no_sentences(tmp_path):
     report = render.build_report(params([]), tmp_path)
     part = report.markdown().split("## Text-to-image generation", 1)[1].split("## Image grids", 1)[0]
     assert "→" not in part and md_row(part, "CLIP (base)")[1] == "72.1"
-    assert set(report.images) == {"tradeoff.png", "grid_none.png"}
+    assert set(report.images) == {"tradeoff.png", "grid_none.png", "attack_budget.png"}
 
 
 # ---------------------------------------------------------------------------------------------------- claims

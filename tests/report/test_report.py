@@ -9,13 +9,14 @@ from types import SimpleNamespace
 import pytest
 
 from safeclip.io import InputError
-from safeclip.report import generation, render, tables
+from safeclip.report import attack, generation, render, tables
 from safeclip.report.figures import PNG_SIGNATURE, curve_png, read_curve, tradeoff_png
 from safeclip.report.tables import NO, NOT_EVALUATED, YES, Claim
-from tests.report.util import GENERATION, write_generation
+from tests.report.util import ATTACK, GENERATION, write_attack, write_generation
 
 METHODS = ["safe_clip", "safer_clip", "uwm"]
 GRIDS = {"grid_none.png", "grid_safe_clip.png", "grid_safer_clip.png", "grid_uwm.png"}
+ATTACK_FIGURES = {"attack_budget.png", "attack_grid_safe_clip.png"}
 NAMES = ["CLIP (base)", "Safe-CLIP", "SafeR-CLIP", "UWM"]
 
 # hand-chosen numbers: Safe-CLIP redirects less and keeps less zero-shot than SafeR-CLIP (the papers' claims hold),
@@ -64,6 +65,7 @@ def write_inputs(root: Path, retrieval=RETRIEVAL, zeroshot=ZEROSHOT, curves=("sa
     for m in curves:
         (root / f"plots/make_safe/{m}.csv").write_text(CURVE)
     write_generation(root, list(retrieval))  # required since the generation stages are in the DAG
+    write_attack(root, list(retrieval))  # and so are the attack stages
 
 
 def params(methods=METHODS, profile="world", source="world") -> SimpleNamespace:
@@ -102,7 +104,8 @@ def built(tmp_path):
 def test_report_renders_every_method_offline(built):
     report, out = built
     md, page = (out / "report.md").read_text(encoding="utf-8"), (out / "report.html").read_text(encoding="utf-8")
-    assert sorted(p.name for p in out.iterdir()) == ["curve_safe_clip.png", "curve_uwm.png", "grid_none.png",
+    assert sorted(p.name for p in out.iterdir()) == ["attack_budget.png", "attack_grid_safe_clip.png",
+                                                     "curve_safe_clip.png", "curve_uwm.png", "grid_none.png",
                                                      "grid_safe_clip.png", "grid_safer_clip.png", "grid_uwm.png",
                                                      "report.html", "report.md", "tradeoff.png"]
     for name in NAMES:
@@ -113,7 +116,7 @@ def test_report_renders_every_method_offline(built):
         assert data.startswith(PNG_SIGNATURE) and len(data) > 5000
         assert f"]({png})" in md  # the markdown links the file next to it
     assert "http://" not in page and "https://" not in page and "<script" not in page and "@import" not in page
-    assert page.count('<img src="data:image/png;base64,') == 3 + 4  # + one generation grid per model
+    assert page.count('<img src="data:image/png;base64,') == 3 + 4 + 2  # + a generation grid per model, attack
     assert '<meta charset="utf-8">' in page
     assert "Safety" in page and 'colspan="7"' in page  # the grouped header: 7 safety columns
 
@@ -129,7 +132,7 @@ def test_report_text_is_escaped(tmp_path):
 
 def test_only_methods_with_a_curve_get_a_curve_and_steps_table(built):
     report, _ = built
-    assert set(report.images) == {"tradeoff.png", "curve_safe_clip.png", "curve_uwm.png", *GRIDS}
+    assert set(report.images) == {"tradeoff.png", "curve_safe_clip.png", "curve_uwm.png", *GRIDS, *ATTACK_FIGURES}
     md = report.markdown()
     steps = md.split("optimiser steps", 1)[1]  # the "how it was made" table onwards
     assert md_row(steps, "Safe-CLIP")[1:3] == ["300", "1933"]
@@ -263,7 +266,8 @@ def test_a_null_number_makes_a_claim_not_evaluated():
 
 def test_claims_are_rendered_in_both_outputs(built):
     report, _ = built
-    assert report.claims == tables.claims(metrics(), METHODS) + generation.claims(GENERATION, METHODS)
+    assert report.claims == (tables.claims(metrics(), METHODS) + generation.claims(GENERATION, METHODS)
+                             + attack.claims(ATTACK, METHODS))
     cells = md_row(report.markdown(), "UWM improves T*→V R@1 and PU over the base")
     assert cells[1] == "no"
     assert '<td class="verdict no">no</td>' in report.html()
@@ -376,5 +380,5 @@ def test_a_training_free_method_with_an_empty_curve_file_gets_no_figure(tmp_path
         {"make_safe.uwm.calibration_pairs": 1933, "make_safe.uwm.mask.text.negated": 98,
          "make_safe.uwm.mask.vision.negated": 745}))
     report = render.build_report(params(), tmp_path)
-    assert set(report.images) == {"tradeoff.png", "curve_safe_clip.png", *GRIDS}
+    assert set(report.images) == {"tradeoff.png", "curve_safe_clip.png", *GRIDS, *ATTACK_FIGURES}
     assert "| UWM | – | – | 1933 | 98 | 745 |" in report.markdown()  # the how-it-was-made table
