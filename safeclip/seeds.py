@@ -1,7 +1,7 @@
 """The comparison over seeds: headline metrics as mean ± sd (n) per model, and the report's claims re-checked.
 
     dvc exp run --queue -S base.seed=0,1,2 && dvc queue start     # one experiment per seed (DVC-native)
-    python -m safeclip.seeds                                      # -> seeds/seeds.{md,json}
+    python -m safeclip.seeds                                      # -> seeds/seeds.{md,html,json}
 
 It reads `dvc exp show --json` (or a saved copy, `--json FILE`), keeps the experiments (not the workspace or
 their baseline commit, unless `--all`), refuses to pool experiments that differ in any param but `base.seed`
@@ -158,21 +158,26 @@ def _cell(s: Summary | None) -> str:
     return f"{s.mean:.1f} ± {s.sd:.1f} (n={s.n})" if s.sd is not None else f"{s.mean:.1f} (n={s.n})"
 
 
-def markdown(runs: Sequence[Run], table: dict[str, dict[str, Summary]], claims: list[dict]) -> str:
-    from safeclip.report.tables import display_name
+def seeds_report(runs: Sequence[Run], table: dict[str, dict[str, Summary]], claims: list[dict]):
+    """The seeds table and the claims as the report's blocks, so the Markdown and the offline HTML (one page,
+    no CDN, like reports/report.html) come from one description."""
+    from safeclip.report.render import Report, claims_block, para, section
+    from safeclip.report.render import table as table_block
+    from safeclip.report.tables import Claim, Table, display_name
 
     seeds = ", ".join(str(r.params.get("base.seed")) for r in runs)
     keys = [k for k in HEADLINE if any(k in row for row in table.values())]
-    lines = ["# The comparison over seeds", "",
-             f"{len(runs)} runs of one configuration (base.seed = {seeds}); mean ± sample sd (n).", "",
-             "| model | " + " | ".join(keys) + " |", "|:---|" + "---:|" * len(keys)]
-    lines += [f"| {display_name(m)} | " + " | ".join(_cell(row.get(k)) for k in keys) + " |"
-              for m, row in table.items()]
-    lines += ["", "## Claims on the seed means", "",
-              "A verdict holds only when every seed gives it; otherwise it is not separable at this n.", "",
-              "| claim | verdict | per seed | on the means |", "|:---|:---|:---|:---|"]
-    lines += [f"| {c['claim']} | {c['verdict']} | {', '.join(c['per_seed'])} | {c['detail']} |" for c in claims]
-    return "\n".join(lines) + "\n"
+    rows = [[display_name(m)] + [_cell(row.get(k)) for k in keys] for m, row in table.items()]
+    verdicts = [Claim(c["claim"], c["verdict"], f"per seed: {', '.join(c['per_seed'])}; on the means: {c['detail']}")
+                for c in claims]
+    return Report(
+        "The comparison over seeds",
+        f"{len(runs)} runs of one configuration (base.seed = {seeds}): mean ± sample sd (n) of each headline metric "
+        "(percentages), and every claim of the report re-checked.",
+        [section("Headline metrics", table_block(Table(["model", *keys], rows))),
+         section("Claims on the seed means",
+                 para("A verdict holds only when every seed gives it; otherwise it is not separable at this n."),
+                 claims_block(verdicts))])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,11 +200,13 @@ def main(argv: list[str] | None = None) -> None:
     table = seeds_table(runs)
     claims = claim_verdicts(runs, table)
     out = Path(args.out)
-    write_text(out / "seeds.md", markdown(runs, table, claims))
+    report = seeds_report(runs, table, claims)
+    write_text(out / "seeds.md", report.markdown())
+    write_text(out / "seeds.html", report.html())
     headline = {m: {k: row[k].__dict__ for k in HEADLINE if k in row} for m, row in table.items()}
     write_json(out / "seeds.json", {"seeds": [r.params.get("base.seed") for r in runs], "table": headline,
                                     "claims": claims})
-    print(f"{out}/seeds.md, seeds.json: {len(runs)} runs, {len(table)} models, "
+    print(f"{out}/seeds.md, seeds.html, seeds.json: {len(runs)} runs, {len(table)} models, "
           f"{sum(not c['separable'] for c in claims)} of {len(claims)} claims not separable")
 
 

@@ -30,9 +30,12 @@ def exp_show(*experiments: dict, workspace: dict | None = None) -> list[dict]:
 
 
 RUNS = exp_show(
-    exp("s0", 0, {"none": 10.0, "safe_clip": 30.0, "safer_clip": 20.0}, {"none": 5.0, "safe_clip": 8.0, "safer_clip": 9.0}),
-    exp("s1", 1, {"none": 12.0, "safe_clip": 20.0, "safer_clip": 25.0}, {"none": 5.0, "safe_clip": 9.0, "safer_clip": 4.0}),
-    exp("s2", 2, {"none": 11.0, "safe_clip": 28.0, "safer_clip": None}, {"none": 5.0, "safe_clip": 10.0, "safer_clip": 7.0}),
+    exp("s0", 0, {"none": 10.0, "safe_clip": 30.0, "safer_clip": 20.0},
+        {"none": 5.0, "safe_clip": 8.0, "safer_clip": 9.0}),
+    exp("s1", 1, {"none": 12.0, "safe_clip": 20.0, "safer_clip": 25.0},
+        {"none": 5.0, "safe_clip": 9.0, "safer_clip": 4.0}),
+    exp("s2", 2, {"none": 11.0, "safe_clip": 28.0, "safer_clip": None},
+        {"none": 5.0, "safe_clip": 10.0, "safer_clip": 7.0}),
 )
 
 
@@ -88,5 +91,7 @@ def test_the_command_writes_the_table_and_claims(tmp_path) -> None:
     seeds.main(["--json", str(src), "--out", str(tmp_path / "out")])
     md = (tmp_path / "out/seeds.md").read_text()
     assert "| Safe-CLIP | 26.0 ± 5.3 (n=3) |" in md and "not separable at n = 3" in md
+    page = (tmp_path / "out/seeds.html").read_text()
+    assert "<td class=\"num\">26.0 ± 5.3 (n=3)</td>" in page and "https://" not in page
     data = json.loads((tmp_path / "out/seeds.json").read_text())
     assert data["seeds"] == [0, 1, 2] and data["table"]["safer_clip"]["retrieval.t_star_to_v.r1"]["n"] == 2
