@@ -17,6 +17,7 @@ import matplotlib
 import matplotlib.style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from safeclip.io import InputError
 
@@ -127,6 +128,7 @@ def budget_curve_png(curves: dict[str, dict[str, tuple[list[float], list[float]]
             for (mode, (xs, ys)), style in zip(modes.items(), ("-", "--"), strict=False):
                 ax.plot(xs, ys, style, marker="o", markersize=4, color=colour, label=f"{labels[model]}, {mode}")
         ax.set_ylim(0, 100)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # budgets are token counts
         ax.grid(True, alpha=0.3)
         ax.set_title("Attack budget: unsafe results against tokens the attacker changes")
         ax.set_xlabel("budget k (tokens replaced; 0: clean prompt)")
