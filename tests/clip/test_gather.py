@@ -70,6 +70,7 @@ def _worker(rank: int, world: int, init_file: str, name: str, gather: bool, out:
         g /= world
     if rank == 0:
         torch.save({"loss": float(t) / world, "grads": grads}, out)
+    dist.barrier()  # no rank tears gloo down while the other is still in a collective or saving
     dist.destroy_process_group()
 
 
