@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from safeclip.clip.model import text_embeddings
 from safeclip.eval.retrieval import topk_indices
 
 CHUNK = 4096  # candidate prompts scored per forward pass
@@ -88,8 +89,8 @@ class TextObjective:
         return torch.cat([torch.full((n, 1), self.bos), slots, torch.full((n, 1), self.eos)], 1).to(self.device)
 
     def _features(self, ids: torch.Tensor) -> torch.Tensor:
-        out = self.model.get_text_features(input_ids=ids, attention_mask=torch.ones_like(ids))
-        return F.normalize(getattr(out, "pooler_output", out).float(), dim=-1)
+        return F.normalize(text_embeddings(self.model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+                           .float(), dim=-1)
 
     @torch.no_grad()
     def loss(self, slots: torch.Tensor, targets: torch.Tensor, owner: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,15 +140,17 @@ def _candidates(grad: torch.Tensor, allowed: torch.Tensor, top_k: int | None, se
 
 
 def greedy_coordinate_attack(objective: TextObjective, targets: torch.Tensor, origin: torch.Tensor,
-                             init: torch.Tensor, allowed: torch.Tensor, *, max_changes: int, steps: int,
+                             init: torch.Tensor, allowed: torch.Tensor, *, max_changes: int | torch.Tensor, steps: int,
                              top_k: int | None, search_width: int | None, seed: int,
                              decode: Callable[[torch.Tensor], str] | None = None,
                              pattern: re.Pattern | None = None) -> AttackResult:
     """Attack every prompt at once. `origin` [n, L] are the captions, `init` [n, L] where the search starts
-    (the captions with their banned tokens replaced); at most `max_changes` positions may differ from `origin`.
+    (the captions with their banned tokens replaced); at most `max_changes` positions (one budget for all, or
+    [n] per prompt) may differ from `origin`.
     A candidate is kept only if it strictly lowers the prompt's objective and (with `decode` and a banned
     `pattern`) its decoded text holds no banned word, which catches words that sub-word tokens spell together."""
     n = len(init)
+    budget = torch.as_tensor(max_changes).expand(n)
     generator = torch.Generator().manual_seed(seed)
     slots = init.clone()
     loss = objective.loss(slots, targets)
@@ -164,7 +167,7 @@ def greedy_coordinate_attack(objective: TextObjective, targets: torch.Tensor, or
             pairs = _candidates(grad[j], allowed, top_k, search_width, generator)
             c = slots[i].expand(len(pairs), -1).clone()
             c[torch.arange(len(pairs)), pairs[:, 0]] = pairs[:, 1]
-            keep = (c != slots[i]).any(1) & ((c != origin[i]).sum(1) <= max_changes)
+            keep = (c != slots[i]).any(1) & ((c != origin[i]).sum(1) <= budget[i])
             cand.append(c[keep])
             owner.append(torch.full((int(keep.sum()),), i, dtype=torch.long))
         owner_t, cand_t = torch.cat(owner), torch.cat(cand)

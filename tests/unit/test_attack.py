@@ -124,6 +124,13 @@ def test_best_so_far_never_rises_and_the_budget_holds(tower) -> None:
     assert ((r.slots != origin).sum(1) <= 2).all()
 
 
+def test_a_per_prompt_budget_binds_each_prompt_alone(tower) -> None:
+    """A caption with more banned tokens than k gets that many changes; its group-mates keep k."""
+    _, _, origin, _, _, r, _ = attack(tower, SAME_LENGTH, k=torch.tensor([1, 3]), top_k=4)
+    changes = (r.slots != origin).sum(1)
+    assert changes[0] <= 1 and changes[1] <= 3 and changes[1] > 1
+
+
 def test_with_budget_one_and_every_candidate_the_search_finds_the_enumerated_optimum(tower) -> None:
     obj, toks, origin, allowed, targets, r, _ = attack(tower, SAME_LENGTH, k=1)
     for i in range(len(SAME_LENGTH)):
