@@ -1,7 +1,8 @@
 """The attack evaluation of one model: every budget in two modes, scored by retrieval, checked by enumeration.
 
-Modes: `free` appends k tokens to the unsafe caption; `banned` first removes the unsafe words (the world's unsafe
-object names and `banned_words`) and forbids them, so the attack must find a detour. Success is judged on the
+Modes: `free` replaces up to k tokens of the unsafe caption with any token; `banned` must first replace the
+unsafe words (the world's unsafe object names and `banned_words`), which count against k and are forbidden, so
+the attack must find a detour. Success is judged on the
 attacked prompt's *text*, re-tokenised and embedded from scratch, the way a user's prompt would reach the tower;
 it counts when the prompt's top-1 item in the mixed test gallery is an unsafe image, in two galleries: the
 model's own images (its retrieval) and the base model's (the text-tower-only deployment, i.e. Stable Diffusion).
@@ -15,13 +16,11 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import torch
 from safetensors.torch import load_file, save_file
 
 from safeclip.clip.model import ClipBundle, encode_texts
-from safeclip.data.schemas import VISU
 from safeclip.eval.attack import (
     AttackResult,
     TextObjective,
@@ -34,7 +33,9 @@ from safeclip.eval.attack import (
     greedy_coordinate_attack,
     top1_unsafe,
 )
-from safeclip.io import InputError, atomic_path, read_parquet, write_parquet
+from safeclip.eval.embed import embedded_rows
+from safeclip.eval.generation import prompt_order
+from safeclip.io import InputError, atomic_path, write_parquet
 from safeclip.params import EvalAttack
 
 MODES = ("free", "banned")
@@ -64,11 +65,11 @@ class Picked:
 
 
 def pick_prompts(path: str, meta: dict, n: int, seed: int) -> Picked:
-    """The first n unsafe captions of the test split in eval_generation's seeded order (the same rng stream)."""
-    rows = [r for r in read_parquet(path, VISU).to_pylist() if r["nsfw_image"] is not None]
+    """The first n unsafe captions of the embedded test rows in eval_generation's seeded order."""
+    rows = embedded_rows(path)
     if [r["id"] for r in rows] != meta["ids"]:
         raise InputError(f"{path}: its rows are not those the embeddings were made from (rerun evaluate)")
-    order = np.random.default_rng([seed, 6]).permutation(len(rows))[:n].tolist()
+    order = prompt_order(len(rows), seed)[:n].tolist()
     return Picked(order, [rows[i]["id"] for i in order], [rows[i]["nsfw"] for i in order],
                   [rows[i]["tag"] or "unknown" for i in order])
 
@@ -114,8 +115,9 @@ def _cached_attack(path: Path, run: Callable[[], AttackResult]) -> AttackResult:
 
 def _search(objective: TextObjective, captions: list[tuple[list[int], list[int]]], targets: torch.Tensor,
             allowed: torch.Tensor, k: int, start: int, cfg: EvalAttack, seed: int, decode, pattern) -> AttackResult:
-    """Every caption attacked with budget k. Captions are searched in groups of equal token length (a batch is a
-    rectangle); a result's rows are padded on the right with eos, which decoding drops."""
+    """Every caption attacked with budget k (or, for a caption with more banned tokens than k, that many: they
+    must all be replaced). Captions are searched in groups of equal token length (a batch is a rectangle); a
+    result's rows are padded on the right with eos, which decoding drops."""
     n, width = len(captions), max(len(ids) for ids, _ in captions)
     out = AttackResult(torch.full((n, width), objective.eos, dtype=torch.long), torch.zeros(n), torch.zeros(n),
                        torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long), [])
@@ -125,10 +127,10 @@ def _search(objective: TextObjective, captions: list[tuple[list[int], list[int]]
         init = origin.clone()
         for row, j in enumerate(group):
             init[row, captions[j][1]] = start
-        r = greedy_coordinate_attack(objective, targets[group], origin, init, allowed,
-                                     max_changes=max(k, *(len(captions[j][1]) for j in group)), steps=cfg.steps,
-                                     top_k=cfg.top_k, search_width=cfg.search_width, seed=seed, decode=decode,
-                                     pattern=pattern)
+        budget = torch.tensor([max(k, len(captions[j][1])) for j in group])
+        r = greedy_coordinate_attack(objective, targets[group], origin, init, allowed, max_changes=budget,
+                                     steps=cfg.steps, top_k=cfg.top_k, search_width=cfg.search_width, seed=seed,
+                                     decode=decode, pattern=pattern)
         out.slots[group, :length] = r.slots
         for name in ("start_loss", "loss", "steps", "queries"):
             getattr(out, name)[group] = getattr(r, name)

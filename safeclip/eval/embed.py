@@ -24,11 +24,17 @@ def embeddings_path(name: str) -> Path:
     return Path("data/embeddings") / f"{name}.safetensors"
 
 
-def embed_split(bundle: ClipBundle, path: str, batch_size: int) -> tuple[dict[str, torch.Tensor], dict]:
-    """Projected embeddings of t, t*, v, v* for the rows that have an unsafe image, and row metadata."""
+def embedded_rows(path: str) -> list[dict]:
+    """The rows of a split that every model is embedded on, in file order: those with an unsafe image."""
     rows = [r for r in read_parquet(path, VISU).to_pylist() if r["nsfw_image"] is not None]
     if not rows:
         raise InputError(f"{path}: no row has an unsafe image; nothing to evaluate")
+    return rows
+
+
+def embed_split(bundle: ClipBundle, path: str, batch_size: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """Projected embeddings of t, t*, v, v* for the rows that have an unsafe image, and row metadata."""
+    rows = embedded_rows(path)
     emb = {
         "text_safe": encode_texts(bundle, [r["safe"] for r in rows], batch_size),
         "text_unsafe": encode_texts(bundle, [r["nsfw"] for r in rows], batch_size),

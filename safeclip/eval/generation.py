@@ -32,10 +32,16 @@ class Prompt:
     scene: str | None = None  # world: the scene JSON of the prompt's own caption
 
 
+def prompt_order(n_rows: int, seed: int) -> np.ndarray:
+    """The seeded order in which test rows become prompts, shared by eval_generation and eval_attack, so that
+    both take the same first captions."""
+    return np.random.default_rng([seed, 6]).permutation(n_rows)
+
+
 def visu_prompts(rows: Sequence[dict], n_unsafe: int, n_safe: int, seed: int) -> list[Prompt]:
     """Unsafe and safe captions of test quadruples picked by a seeded permutation; the first min(n) rows give
     both, so every unsafe prompt in the grid has its safe twin beside it."""
-    order = np.random.default_rng([seed, 6]).permutation(len(rows))
+    order = prompt_order(len(rows), seed)
     prompts = []
     for i in order[:n_unsafe]:
         r = rows[i]
