@@ -6,6 +6,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export DVC_NO_ANALYTICS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# pytest workers for `make test`, each at one torch thread (tests/conftest.py): one per core of the 2-core machine
+TEST_WORKERS ?= 2
 
 .PHONY: setup repro test test-fast lint clean-venv
 
@@ -22,7 +24,7 @@ repro: setup
 	dvc repro
 
 test: setup
-	@$(BIN)/python -m pytest -q -ra --durations=15; rc=$$?; \
+	@$(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 test-fast: setup
