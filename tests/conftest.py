@@ -16,32 +16,26 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-# `make test` runs two pytest workers (`-n 2 --dist loadgroup`), and xdist hands out the groups below in
-# collection order, the next one to whichever worker runs low. So the order is longest first: the two
-# end-to-end files (the world DAG ~11 min, the paper DAG ~6.5 min at one thread), one per worker from the start,
-# then the heavier groups, so that what is left when the world DAG's worker frees up is short.
-LONGEST_FIRST = (
-    "tests/e2e/test_pipeline.py", "tests/e2e/test_paper.py", "tests/unit/test_world_judge.py", "tests/robustness",
-    "tests/sd/test_eval_generation_stage.py", "tests/sd/test_sd.py", "tests/clip/test_make_safe.py",
-    "tests/llm/test_preferences.py", "tests/unit/test_attack.py",
-)
+# The two end-to-end files dominate the suite (the world DAG ~11 min, the paper DAG ~6.5 min at one thread):
+# under `pytest -n 2` they start first, one per worker, and the rest fills in beside the shorter one.
+FIRST = ("tests/e2e/test_pipeline.py", "tests/e2e/test_paper.py")
 # Folders whose files share session-scoped fixtures: one worker runs all of such a folder, so they are built once.
 SHARED_SESSION = ("tests/robustness",)
 
 
 def _schedule_group(rel: str) -> str:
-    """The xdist_group of a test file (a group stays on one worker): its file, so that module-scoped fixtures
-    (the e2e DAGs) are built once, or its folder for SHARED_SESSION."""
+    """The xdist_group of a test file (`--dist loadgroup` keeps a group on one worker): its file, so that
+    module-scoped fixtures (the e2e DAGs) are built once, or its folder for SHARED_SESSION."""
     return next((d for d in SHARED_SESSION if rel.startswith(d + "/")), rel)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    group = {id(item): _schedule_group(item.path.relative_to(config.rootpath).as_posix()) for item in items}
-    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(group[id(item)], len(rank)))  # stable: the rest keep their order
+    root = config.rootpath
+    rel = {id(item): item.path.relative_to(root).as_posix() for item in items}
+    items.sort(key=lambda item: FIRST.index(rel[id(item)]) if rel[id(item)] in FIRST else len(FIRST))  # stable
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(group[id(item)]))
+        item.add_marker(pytest.mark.xdist_group(_schedule_group(rel[id(item)])))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
