@@ -31,9 +31,9 @@ def _schedule_group(rel: str) -> str:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    root = config.rootpath
-    rel = {id(item): item.path.relative_to(root).as_posix() for item in items}
-    items.sort(key=lambda item: FIRST.index(rel[id(item)]) if rel[id(item)] in FIRST else len(FIRST))  # stable
+    rel = {id(item): item.path.relative_to(config.rootpath).as_posix() for item in items}
+    rank = {path: i for i, path in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(rel[id(item)], len(rank)))  # stable: the rest keep their order
     for item in items:
         item.add_marker(pytest.mark.xdist_group(_schedule_group(rel[id(item)])))
     if torch.cuda.is_available():
