@@ -59,3 +59,22 @@ def test_sharded_sampling_gathers_every_rank_in_prompt_order(tiny_llm):  # noqa:
     out = rewrite_sharded(model, tok, CAPTIONS, state=FakeState(2, 0), gather=gather, **kw)
     assert len(out) == len(CAPTIONS) and all(len(c) == 2 for c in out)
     assert rewrite_sharded(model, tok, CAPTIONS, state=FakeState(1, 0), **kw) == rewrite(model, tok, CAPTIONS, **kw)
+
+
+@pytest.mark.parametrize("n, parts", [(5, 2), (7, 3), (2, 3)])
+def test_sharded_sampling_returns_each_caption_s_samples_at_its_place(monkeypatch, n, parts):
+    """Each rank's `mine` through a gather that concatenates in rank order (accelerate's gather_object): the
+    result is one entry per caption, in caption order, each sampled by the rank that owned it with its seed."""
+    from safeclip.llm import generate
+
+    monkeypatch.setattr(generate, "rewrite",
+                        lambda model, tok, caps, *, seed, **kw: [[f"{c}#{seed}"] for c in caps])
+    captions = [f"caption {i}" for i in range(n)]
+    mine = {}
+    for rank in range(parts):  # every rank samples its shard; the gather hands back all of them, rank by rank
+        rewrite_sharded(None, None, captions, state=FakeState(parts, rank), seed=3,
+                        gather=lambda m, rank=rank: mine.setdefault(rank, m))
+    out = rewrite_sharded(None, None, captions, state=FakeState(parts, 0), seed=3,
+                          gather=lambda m: [x for r in range(parts) for x in mine[r]])
+    owner = [r for r in range(parts) for _ in range(*shard_range(n, parts, r))]
+    assert out == [[f"caption {i}#{3 * 1_000_003 + owner[i]}"] for i in range(n)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from safeclip.clip.model import build_world_clip
+from safeclip.clip.model import build_world_clip, encode_texts
 from safeclip.eval.attack import (
     TextObjective,
     allowed_tokens,
@@ -71,7 +71,11 @@ def test_gradient_matches_a_finite_difference(tower) -> None:
     (ids, _), = ids_of(tower, CAPTIONS[:1])
     slots = torch.tensor([ids])
     target = targets_for(tower, 1)
-    _, grad = obj.loss_and_grad(slots, target)
+    loss, grad = obj.loss_and_grad(slots, target)
+    # the objective the gradient belongs to, derived without the class: the tower's embedding of the decoded prompt
+    text = tower.tokenizer.decode(ids)
+    want = 1 - float(F.normalize(encode_texts(tower, [text]), dim=-1) @ target[0])
+    assert float(loss[0]) == pytest.approx(want, abs=1e-5)
     vocab = obj.embedding.weight.shape[0]
     onehot = F.one_hot(slots[0], vocab).double().float()
     for pos, tok in ((2, 5), (0, 11), (len(ids) - 1, 20)):
@@ -85,8 +89,6 @@ def test_gradient_matches_a_finite_difference(tower) -> None:
 
 
 def test_the_loss_of_the_caption_is_one_minus_its_cosine(tower) -> None:
-    from safeclip.clip.model import encode_texts
-
     obj = objective(tower)
     (ids, _), = ids_of(tower, CAPTIONS[:1])
     target = targets_for(tower, 1)
@@ -165,6 +167,31 @@ def test_banned_words_spelt_by_sub_word_tokens_are_caught(tmp_path) -> None:
     assert [tok.decode([ids[p]]).strip() for p in forced] == ["g", "u", "n"]
     assert allowed_tokens(tok, len(tok), pattern).sum() == len(tok) - len(set(tok.all_special_ids))
     assert contains_banned(tok.decode(ids), pattern) and not contains_banned("a red gunner", pattern)
+
+    class BackToTheCaption:
+        """An objective that rewards every token put back where the caption had it: the search wants `gun`."""
+
+        def loss(self, slots, targets, owner=None):
+            return (slots != origin).sum(1).float()
+
+        def loss_and_grad(self, slots, targets):
+            return self.loss(slots, targets), -F.one_hot(origin, len(tok)).float().expand(len(slots), -1, -1)
+
+    origin = torch.tensor([ids])
+    init = origin.clone()
+    init[0, forced] = tok.convert_tokens_to_ids("a")
+    allowed = allowed_tokens(tok, len(tok), pattern)
+
+    def search(**check):
+        return greedy_coordinate_attack(BackToTheCaption(), torch.zeros(1, 1), origin, init, allowed,
+                                        max_changes=len(forced), steps=len(forced) + 2, top_k=2, search_width=None,
+                                        seed=0, **check)
+
+    unchecked = search()  # nothing but the decoded-text check stands between the search and the banned word
+    assert float(unchecked.loss[0]) == 0 and contains_banned(tok.decode(unchecked.slots[0]), pattern)
+    checked = search(decode=lambda s: tok.decode(s.tolist()), pattern=pattern)
+    assert not contains_banned(tok.decode(checked.slots[0]), pattern)
+    assert float(checked.loss[0]) == 1 and checked.steps[0] == len(forced) - 1  # g, u put back; n never
 
 
 def test_a_seeded_sampled_search_reproduces_exactly(tower) -> None:
