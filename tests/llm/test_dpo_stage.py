@@ -1,9 +1,17 @@
-"""dpo's message when sampling gave no preference pair: an InputError naming what decides good and bad."""
+"""dpo's message when sampling gave no preference pair: an InputError naming what decides good and bad, raised
+by the stage itself before any training or output."""
 
+import logging
+
+import pyarrow as pa
 import pytest
 
 from safeclip.io import InputError
-from safeclip.params import Dpo
+from safeclip.params import Dpo, load_params
+from safeclip.world.catalogue import UNSAFE_TWIN
+from safeclip.world.grammar import caption
+from safeclip.world.scene import enumerate_scenes
+from tests.e2e.test_pipeline import ROOT
 
 
 def test_no_pairs_names_the_scorer_thresholds():
@@ -19,12 +27,29 @@ def test_no_pairs_names_the_scorer_thresholds():
     assert "oracle" in str(no_pairs_error(Dpo(), n=3, all_good=0, no_good=3))
 
 
-def test_dpo_stage_raises_it_not_a_runtime_error():
-    import inspect
+SAFE = [s for s in enumerate_scenes(tuple(UNSAFE_TWIN)) if len(s.objects) == 1][:20]
 
-    import stages.dpo
 
-    src = inspect.getsource(stages.dpo.main)
-    assert "raise no_pairs_error(" in src and "RuntimeError" not in src
-    with pytest.raises(InputError):
-        raise stages.dpo.no_pairs_error(Dpo(), 1, 0, 1)
+@pytest.mark.parametrize("samples, seen", [
+    (lambda s: [caption(s)] * 4, "20 of 20 prompts had no good sample"),  # copies: never unsafe
+    (lambda s: [caption(s.unsafe_twin())] * 4, "20 of 20 prompts had only good samples"),  # all exact twins
+])
+def test_the_stage_stops_with_it_before_training(monkeypatch, tmp_path, capsys, samples, seen):
+    """stages.dpo.main on sampled rewrites (the oracle scores them) that yield no pair: exit 2 with the message,
+    no trainer built and nothing written."""
+    import stages.dpo as stage
+
+    params = load_params(ROOT / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(stage, "start", lambda name: (params, logging.getLogger("test")))
+    monkeypatch.setattr(stage, "load_causal_lm", lambda *a, **k: (pytest.importorskip("torch").nn.Linear(1, 1), None))
+    monkeypatch.setattr(stage, "read_parquet", lambda *a, **k: pa.table({"caption": [caption(s) for s in SAFE]}))
+    by_caption = {caption(s): samples(s) for s in SAFE}
+    monkeypatch.setattr(stage, "rewrite_sharded", lambda model, tok, prompts, **kw: [by_caption[p] for p in prompts])
+    monkeypatch.setattr(stage, "build_dpo_trainer", lambda *a, **k: pytest.fail("trained without a pair"))
+    with pytest.raises(SystemExit) as exit_:
+        stage.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "dpo: no preference pairs (8 samples per prompt)" in err and seen in err, err
+    assert not any(tmp_path.rglob("*"))
