@@ -51,6 +51,35 @@ def test_outside_input_folders_exist_and_are_stage_deps() -> None:
         assert folder in deps, f"{kind}: no stage depends on {folder}"
 
 
+def _every_input_on(source: str):
+    """params.yaml with every optional outside input switched on, captions from `source`."""
+    from safeclip.params import Params
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["captions"]["source"] = source
+    raw["captions"]["visu_hf"]["coco_images"] = "data/coco/train2017"
+    raw["dpo"]["scorer"] = "models"
+    raw["dpo"]["models"].update(nsfw_classifier="data/models/cls", similarity_model="data/models/enc")
+    raw["judge"].update(judges=["q16"], q16_prompts="data/q16/prompts.safetensors")
+    raw["evaluate"]["zeroshot"]["datasets"] = [{"name": "pets", "path": "data/zeroshot/pets"}]
+    raw["eval_generation"]["i2p_csv"] = "data/i2p/i2p_benchmark.csv"
+    raw["eval_attack"]["n_generate"] = 4
+    return Params.model_validate(raw)
+
+
+@pytest.mark.parametrize("source", ["coco", "visu-hf"])
+def test_each_stage_depends_on_the_folder_of_every_outside_input_it_reads(source: str) -> None:
+    """Per stage, not per pipeline: a folder that some other stage lists does not rerun this one."""
+    from safeclip.inputs import stage_inputs
+
+    params = _every_input_on(source)
+    read = {stage: {kind for _, _, kind in stage_inputs(params, stage)} for stage in SPEC}
+    assert read["eval_attack"] == read["judge"] == {"q16", "models"} and "i2p" in read["eval_generation_base"]
+    for stage, kinds in read.items():
+        missing = sorted(FOLDERS[k] for k in kinds if FOLDERS[k] not in SPEC[stage]["deps"])
+        assert not missing, f"{stage} reads {missing} under {source} captions, but dvc.yaml does not list them"
+
+
 def test_closure_follows_lazy_relative_and_submodule_imports(tmp_path: Path) -> None:
     pkg = tmp_path / "safeclip"
     (pkg / "sub").mkdir(parents=True)
