@@ -381,6 +381,9 @@ class WorldUnet(Section):
     timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"
     logit_mean: float = 0.0
     logit_std: PosFloat = 1.0
+    # Loss weight on each object's grid cell, relative to the rest of the latent (1 = plain MSE); each sample's
+    # map is scaled to mean 1. The glyph is a tenth of the image, so its shape is a sliver of a plain MSE
+    object_weight: Annotated[float, Field(ge=1)] = 1.0
     save_every: PosInt = 200
 
 

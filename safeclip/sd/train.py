@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -134,6 +134,24 @@ def snr_weights(scheduler, timesteps: torch.Tensor, gamma: float | None,
     return torch.where(snr == 0, torch.ones_like(w), w)
 
 
+def object_weight_maps(scenes: Sequence[Scene], latent_size: int, weight: float) -> torch.Tensor | None:
+    """[n_scenes, 1, h, w] per-position loss weights: `weight` over each object's grid cell, 1 elsewhere, each map
+    scaled to mean 1 (so the learning rate keeps its meaning); None when weight is 1 (plain MSE)."""
+    if weight == 1:
+        return None
+    from safeclip.world.catalogue import POSITIONS
+
+    maps = torch.ones(len(scenes), 1, latent_size, latent_size)
+    cell = latent_size / 3
+    for i, scene in enumerate(scenes):
+        for o in scene.objects:
+            col, row = POSITIONS[o.position]
+            y0, y1 = math.floor(row * cell), math.ceil((row + 1) * cell)
+            x0, x1 = math.floor(col * cell), math.ceil((col + 1) * cell)
+            maps[i, 0, y0:y1, x0:x1] = weight
+    return maps / maps.mean(dim=(1, 2, 3), keepdim=True)
+
+
 def sample_timesteps(n: int, n_t: int, cfg: WorldUnet, gen: torch.Generator) -> torch.Tensor:
     """Integer timesteps in [0, n_t): uniform, or logit-normal (sigmoid of a normal, scaled to n_t)."""
     if cfg.timestep_sampling == "uniform":
@@ -144,10 +162,15 @@ def sample_timesteps(n: int, n_t: int, cfg: WorldUnet, gen: torch.Generator) -> 
 
 def train_unet(unet, latents: torch.Tensor, caption_index: np.ndarray, text_states: torch.Tensor,
                empty_state: torch.Tensor, scheduler, cfg: WorldUnet, steps: int, seed: int, accelerator,
-               state: TrainState, log: logging.Logger):
+               state: TrainState, log: logging.Logger,
+               probe: Callable[[int, torch.nn.Module, object], None] | None = None, probe_every: int = 0,
+               weight_maps: torch.Tensor | None = None):
     """v- (or epsilon-) prediction MSE, 10% empty prompts for classifier-free guidance, EMA weights.
 
-    `latents` are already scaled by the VAE's scaling factor. Returns (the EMA UNet, the curve)."""
+    `latents` are already scaled by the VAE's scaling factor; `weight_maps` [n_captions, 1, h, w] (see
+    object_weight_maps) weigh the squared error per latent position. Returns (the EMA UNet, the curve).
+    `probe(step, unet, ema)` is called every `probe_every` steps and at the end (benchmarks/sd_curve.py scores
+    the EMA weights there, to choose the stopping point from a curve)."""
     from diffusers.training_utils import EMAModel
 
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
@@ -177,7 +200,10 @@ def train_unet(unet, latents: torch.Tensor, caption_index: np.ndarray, text_stat
         noisy = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        err = F.mse_loss(pred.float(), target.float(), reduction="none")
+        if weight_maps is not None:
+            err = err * weight_maps[caption_index[idx]].to(device)
+        per_sample = err.mean(dim=(1, 2, 3))
         w = snr_weights(scheduler, t, cfg.snr_gamma, cfg.snr_keep_low)
         loss = per_sample.mean() if w is None else (per_sample * w).mean()
         check_finite(loss, step, {"mse": per_sample.mean()})
@@ -193,6 +219,8 @@ def train_unet(unet, latents: torch.Tensor, caption_index: np.ndarray, text_stat
         if (step + 1) % cfg.save_every == 0 and step + 1 < steps:
             state.save({"step": step + 1, "curve": curve})
             log.info("unet step %d/%d: loss %.4f (checkpoint saved)", step + 1, steps, float(loss.detach()))
+        if probe is not None and ((probe_every and (step + 1) % probe_every == 0) or step + 1 == steps):
+            probe(step + 1, raw, ema)
     unet.eval()
     ema.copy_to(raw.parameters())
     return raw, curve

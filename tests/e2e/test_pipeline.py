@@ -13,7 +13,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = "0.05"
-THREADS = "base.num_threads=1"  # the 2-process tests run 2 stages at once on the 2 cores
+# CI sizes: the committed DAG at base.scale, one thread (the 2-process tests run 2 stages at once on the 2 cores),
+# and the two loops that base.scale leaves long cut further: SFT's epochs (unscaled by design) and base_sd's
+# UNet steps (50 instead of 250). The code paths are the same; quality at CI scale is not what is checked here.
+CI = [f"base.scale={SCALE}", "base.num_threads=1", "sft.epochs=20", "sft.learning_rate=0.003",
+      "base_sd.world.unet.steps=1000"]
 METHODS = ("safe_clip", "safer_clip", "uwm")
 pytestmark = pytest.mark.slow
 
@@ -44,7 +48,7 @@ def metrics(repo: Path, name: str) -> dict:
 def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("repo")
     copy_repo(repo)
-    run([sys.executable, "-m", "safeclip.profiles", f"base.scale={SCALE}", THREADS], repo)
+    run([sys.executable, "-m", "safeclip.profiles", *CI], repo)
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "ci"]):
         run(cmd, repo)
@@ -174,7 +178,7 @@ def test_metrics_show_and_experiment_diff(repo: Path) -> None:
     run(["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-q", "--allow-empty", "-m",
          "baseline"], repo)  # empty when the remote test already committed the run
     # With Hydra composition, -S recomposes params.yaml from conf/: every override must be given again.
-    out = run(["dvc", "exp", "run", "-S", f"base.scale={SCALE}", "-S", THREADS, "-S",
+    out = run(["dvc", "exp", "run", *(a for o in CI for a in ("-S", o)), "-S",
                "make_safe.safe_clip.learning_rate=0.003"], repo).stdout
     assert "Running stage 'make_safe@safe_clip'" in out and "Running stage 'report'" in out
     assert "Running stage 'eval_generation@safe_clip'" in out
@@ -189,7 +193,7 @@ def test_metrics_show_and_experiment_diff(repo: Path) -> None:
 
 
 def test_sft_with_two_processes(repo: Path) -> None:
-    run([sys.executable, "-m", "safeclip.profiles", f"base.scale={SCALE}", THREADS, "base.num_processes=2"], repo)
+    run([sys.executable, "-m", "safeclip.profiles", *CI, "base.num_processes=2"], repo)
     (repo / "models/llm_sft/model.safetensors").unlink()
     proc = run([sys.executable, "-m", "safeclip.launch", "stages.sft"], repo)
     assert "[rank 1]" in proc.stderr and "process 1 of 2" in proc.stderr, proc.stderr[-3000:]
@@ -199,7 +203,7 @@ def test_sft_with_two_processes(repo: Path) -> None:
 
 @pytest.mark.parametrize("method", ["safe_clip", "safer_clip"])
 def test_make_safe_with_two_processes(repo: Path, method: str) -> None:
-    run([sys.executable, "-m", "safeclip.profiles", f"base.scale={SCALE}", THREADS, "base.num_processes=2"], repo)
+    run([sys.executable, "-m", "safeclip.profiles", *CI, "base.num_processes=2"], repo)
     shutil.rmtree(repo / f"models/safe/{method}")
     proc = run([sys.executable, "-m", "safeclip.launch", "stages.make_safe", "--method", method], repo)
     assert "[rank 1]" in proc.stderr, proc.stderr[-3000:]

@@ -2,6 +2,7 @@
 by the stage itself before any training or output."""
 
 import logging
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -11,7 +12,8 @@ from safeclip.params import Dpo, load_params
 from safeclip.world.catalogue import UNSAFE_TWIN
 from safeclip.world.grammar import caption
 from safeclip.world.scene import enumerate_scenes
-from tests.e2e.test_pipeline import ROOT
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_no_pairs_names_the_scorer_thresholds():

@@ -207,3 +207,47 @@ def test_dpm_solver_keeps_the_training_schedule_and_draws(pipe_dir, tmp_path):
     assert np.isfinite(np.asarray(decode_png(out[0]["png"]), np.float32)).all()
     with pytest.raises(ValueError, match="unknown sampler"):
         use_sampler(load_pipeline(pipe_dir), "euler")
+
+
+def test_object_weight_maps_by_hand() -> None:
+    from safeclip.world.scene import Scene, SceneObject
+
+    scenes = [Scene("blue", (SceneObject("circle", "red", "centre"),)),
+              Scene("blue", (SceneObject("gun", "red", "top left"),))]
+    assert sd_train.object_weight_maps(scenes, 6, 1.0) is None  # plain MSE
+    maps = sd_train.object_weight_maps(scenes, 6, 3.0)
+    # a 6x6 latent: each grid cell is 2x2; 4 positions at 3, 32 at 1 -> mean 44/36, scaled to mean 1
+    hi, lo = 3 * 36 / 44, 36 / 44
+    want = torch.full((2, 1, 6, 6), lo)
+    want[0, 0, 2:4, 2:4] = hi
+    want[1, 0, 0:2, 0:2] = hi
+    assert torch.allclose(maps, want)
+    # a 16x16 latent: cells of 16/3 positions, the border rows/columns shared by both neighbours (floor, ceil)
+    big = sd_train.object_weight_maps(scenes[:1], 16, 2.0)[0, 0]
+    assert (big[5:11, 5:11] > 1).all() and (big[:5] < 1).all() and (big[11:] < 1).all()
+
+
+def test_object_weight_changes_the_loss_only_where_it_weighs(tmp_path) -> None:
+    """Weights of 1 everywhere give exactly the plain-MSE training; other maps give another run."""
+    clip = build_world_clip(WorldClip(hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                                      projection_dim=8), image_size=8)
+    enc = text_encoder(clip.model)
+    states = sd_train.encode_prompts(clip.tokenizer, enc, ["a red circle in the centre on a blue background", ""])
+    cfg = WorldUnet(block_out_channels=[8, 16], norm_num_groups=4, attention_head_dim=4, steps=3, batch_size=2,
+                    warmup_steps=0)
+    latents = torch.randn(4, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    labels = np.zeros(4, np.int64)
+
+    def run(maps, name):
+        torch.manual_seed(0)
+        unet = sd_models.build_unet(cfg, 6, 4, enc.config.hidden_size)
+        acc = make_accelerator(Base())
+        state = TrainState(acc, tmp_path / name, name, logging.getLogger("t"))
+        return sd_train.train_unet(unet, latents, labels, states[:1], states[1], sd_models.train_scheduler(WorldSd()),
+                                   cfg, 3, 0, acc, state, logging.getLogger("t"), weight_maps=maps)[1]
+
+    plain, ones = run(None, "a"), run(torch.ones(1, 1, 6, 6), "b")
+    assert [r["loss"] for r in plain] == [r["loss"] for r in ones]
+    maps = torch.ones(1, 1, 6, 6)
+    maps[..., :3, :] = 0.0
+    assert run(maps, "c")[0]["loss"] != plain[0]["loss"]
