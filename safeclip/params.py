@@ -363,6 +363,9 @@ class WorldUnet(Section):
     block_out_channels: list[PosInt] = [32, 64]
     layers_per_block: PosInt = 1
     cross_attention_levels: PosInt = 1  # resolution levels with cross-attention, counted from the lowest
+    # Also condition every ResNet block on the prompt through the time embedding (diffusers'
+    # addition_embed_type="text": an attention pool of the text states), as well as through cross-attention
+    global_text: bool = False
     attention_head_dim: PosInt = 8
     norm_num_groups: PosInt = 8
     # Object drawing is learnt late: at 2000 steps unsafe prompts were judged unsafe 13% of the time (as often

@@ -37,7 +37,10 @@ def build_unet(cfg: WorldUnet, sample_size: int, latent_channels: int,
         sample_size=sample_size, in_channels=latent_channels, out_channels=latent_channels,
         down_block_types=down, up_block_types=up, block_out_channels=tuple(cfg.block_out_channels),
         layers_per_block=cfg.layers_per_block, cross_attention_dim=cross_attention_dim,
-        attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups)
+        attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups,
+        **(dict(addition_embed_type="text", encoder_hid_dim=cross_attention_dim,
+                addition_embed_type_num_heads=max(1, cross_attention_dim // cfg.attention_head_dim))
+           if cfg.global_text else {}))
 
 
 def train_scheduler(cfg: WorldSd) -> DDPMScheduler:
