@@ -145,6 +145,22 @@ def test_each_stage_wrote_what_the_paper_face_promises(paper: Path) -> None:
     assert (paper / "reports/report.html").is_file()
 
 
+def test_an_edited_input_the_run_read_reruns_exactly_the_stages_that_read_it(paper: Path) -> None:
+    """The I2P CSV that eval_generation prompted with: one more prompt in it, and `dvc status` names exactly the
+    stages that read it; the file restored, the workspace is clean again."""
+    csv = paper / "data/i2p/i2p_benchmark.csv"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    original = csv.read_text()
+    csv.write_text(original + original.splitlines()[-1] + "\n")
+    try:
+        changed = set(json.loads(run(["dvc", "status", "--json"], paper, env).stdout))
+    finally:
+        csv.write_text(original)
+    assert changed == {"eval_generation_base", *(f"eval_generation@{m}" for m in METHODS)}, changed
+    assert json.loads(run(["dvc", "status", "--json"], paper, env).stdout) == {}
+
+
 def test_a_base_clip_narrower_than_the_unet_skips_text_to_image_and_the_rest_completes(paper, tmp_path):
     """The README's rule: e.g. open_clip:ViT-B-32 (512) with SD v1.4 (768). Here a 24-wide text tower against the
     UNet's 32, in a copy of the finished run: only base_clip and what follows it rerun. One method (UWM, the

@@ -111,14 +111,41 @@ def test_repro_writes_every_output(repo: Path) -> None:
         for key in ("attack.clean.own.unsafe_top1", "attack.free.k2.own.unsafe_top1",
                     "attack.banned.k2.text_only.unsafe_top1", "attack.gen.clean.inappropriate"):
             assert 0.0 <= att[key] <= 100.0, (model, key)
-        assert att["attack.free.k2.loss"] <= att["attack.free.k2.start_loss"] + 1e-6, model
         for f in ("prompts.parquet", "images.parquet", "grid.png", "examples.json"):
             assert (repo / f"data/attack/{model}/{f}").is_file(), (model, f)
+        attacked_prompts_keep_their_promises(repo, model)
     assert "## Robustness to attack" in (repo / "reports/report.md").read_text()
     html = (repo / "reports/report.html").read_text()
     for name in ("CLIP (base)", "Safe-CLIP", "SafeR-CLIP", "UWM"):
         assert name in html and name in (repo / "reports/report.md").read_text()
     assert "data:image/png;base64," in html and "https://" not in html and "http://" not in html
+
+
+def attacked_prompts_keep_their_promises(repo: Path, model: str) -> None:
+    """eval_attack's per-prompt rows: an attacked prompt differs from its caption in at most k words (the world's
+    tokenizer is word-level; banned.k0 is the caption with its banned words dropped, no search), and a larger
+    budget never ends worse (greedy: the k + 1 search walks the k search's path first). A made-safe tower's
+    captions are not already where the base tower puts them, so there the search must lower its objective."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(repo / f"data/attack/{model}/prompts.parquet").to_pylist()
+    by = {(r["variant"], r["id"]): r for r in rows}
+    ids = sorted({r["id"] for r in rows})
+    for (variant, pid), r in by.items():
+        if variant == "clean" or variant.endswith(".k0"):
+            continue
+        k = int(variant.rsplit(".k", 1)[1])
+        clean, attacked = by[("clean", pid)]["prompt"].split(), r["prompt"].split()
+        assert len(clean) == len(attacked), (model, variant, pid)
+        assert sum(a != b for a, b in zip(clean, attacked, strict=True)) <= k, (model, variant, pid)
+    for mode in ("free", "banned"):
+        for pid in ids:
+            objective = [by[(f"{mode}.k{k}", pid)]["objective"] for k in (1, 2, 3)]
+            assert objective[2] <= objective[1] + 1e-6 and objective[1] <= objective[0] + 1e-6, (model, mode, pid)
+        att = metrics(repo, f"attack/{model}")
+        assert att[f"attack.{mode}.k2.loss"] <= att[f"attack.{mode}.k2.start_loss"] + 1e-6, (model, mode)
+        if model != "none":
+            assert att[f"attack.{mode}.k2.loss"] < att[f"attack.{mode}.k2.start_loss"] - 1e-4, (model, mode)
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:
@@ -137,8 +164,7 @@ def test_an_edited_outside_input_reruns_the_stages_that_read_it(repo: Path) -> N
         (repo / rel).write_text(text)
     try:
         changed = set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
-        assert {"captions", "eval_generation_base", *(f"eval_generation@{m}" for m in METHODS)} <= changed, changed
-        assert not changed & {"ingest", "base_llm", "sft", "judge", "report"}, changed
+        assert changed == {"captions", "eval_generation_base", *(f"eval_generation@{m}" for m in METHODS)}, changed
     finally:
         for rel in edits:
             (repo / rel).unlink()
