@@ -85,9 +85,9 @@ def stage_inputs(params, stage: str) -> list[tuple[str, str, str]]:
 def require_tracked_inputs(params, stage: str) -> None:
     """Every local input of `stage` inside its tracked folder (hub ids pass): run before any work."""
     for param, value, kind in stage_inputs(params, stage):
-        if value.startswith("open_clip:"):  # open_clip:ARCH, ARCH/TAG or ARCH//path/weights.safetensors
+        if value.startswith("open_clip:"):  # open_clip:ARCH, ARCH/TAG or ARCH/[/]path/weights.safetensors
             pretrained = value.partition("/")[2]
-            if pretrained.startswith("/"):
+            if pretrained.endswith(".safetensors"):  # a file to load_open_clip, relative or absolute; else a tag
                 require_tracked(pretrained, kind, param)
         elif kind in HUB_KINDS:
             require_tracked_source(value, kind, param)

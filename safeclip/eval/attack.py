@@ -199,7 +199,11 @@ def greedy_coordinate_attack(objective: TextObjective, targets: torch.Tensor, or
 def legal_fillings(origin: torch.Tensor, forced: Sequence[int], allowed: torch.Tensor, max_changes: int
                    ) -> torch.Tensor:
     """Every prompt the search may reach from one caption: the forced positions replaced by an allowed token,
-    up to max_changes positions in all differing from the caption (for checking the search by enumeration)."""
+    up to max_changes positions in all differing from the caption (for checking the search by enumeration).
+    With more forced positions than max_changes no prompt is legal: the caller must give the budget the search
+    had, max(k, len(forced))."""
+    if len(forced) > max_changes:
+        raise ValueError(f"{len(forced)} forced positions cannot be filled within {max_changes} changes")
     tokens = allowed.nonzero().squeeze(1).tolist()
     free = [p for p in range(len(origin)) if p not in forced]
     out = []
@@ -212,19 +216,28 @@ def legal_fillings(origin: torch.Tensor, forced: Sequence[int], allowed: torch.T
                 row = origin.clone()
                 row[changed] = torch.tensor(fill, dtype=torch.long)
                 out.append(row)
-    return torch.stack(out) if out else origin[None].clone()
+    return torch.stack(out)
 
 
 def count_fillings(length: int, n_forced: int, n_tokens: int, max_changes: int) -> int:
     """An upper bound on len(legal_fillings(...)), to decide whether enumerating is affordable."""
+    if n_forced > max_changes:
+        raise ValueError(f"{n_forced} forced positions cannot be filled within {max_changes} changes")
     return sum(len(list(itertools.combinations(range(length - n_forced), e))) * n_tokens ** (n_forced + e)
                for e in range(max(max_changes - n_forced + 1, 0)))
 
 
 def exhaustive_optimum(objective: TextObjective, origin: torch.Tensor, forced: Sequence[int], target: torch.Tensor,
-                       allowed: torch.Tensor, max_changes: int) -> float:
-    """The best objective over every legal filling of one caption: the optimum the search is checked against."""
+                       allowed: torch.Tensor, max_changes: int, decode: Callable[[torch.Tensor], str] | None = None,
+                       pattern: re.Pattern | None = None) -> float:
+    """The best objective over every legal filling of one caption: the optimum the search is checked against.
+    Legal as for the search: within the budget, and (with `decode` and a banned `pattern`) no banned word in the
+    decoded text, which sub-word tokens can spell together."""
     fills = legal_fillings(origin, forced, allowed, max_changes)
+    if decode is not None and pattern is not None:
+        fills = fills[[not contains_banned(decode(f), pattern) for f in fills]]
+    if not len(fills):
+        return float("inf")
     return float(objective.loss(fills, target[None], torch.zeros(len(fills), dtype=torch.long)).min())
 
 

@@ -189,11 +189,14 @@ def run_attack_suite(bundle: ClipBundle, captions: Sequence[str], targets: torch
             curve[k].update({f"{mode}.{g}": m[f"attack.{key}.{g}.unsafe_top1"] for g in galleries})
             log.info("%s k=%d: objective %.3f -> %.3f, unsafe top-1 %s", mode, k, m[f"attack.{key}.start_loss"],
                      m[f"attack.{key}.loss"], {g: round(m[f"attack.{key}.{g}.unsafe_top1"], 1) for g in galleries})
-            if k == cfg.budget and cfg.exhaustive_check:
+            if k == cfg.budget and cfg.exhaustive_check:  # each caption with the budget its search had
+                budget = [max(k, len(forced)) for _, forced in tokens]
+                n_tokens = int(allowed.sum())
                 check = [i for i, (ids, forced) in enumerate(tokens[:cfg.exhaustive_check])
-                         if count_fillings(len(ids), len(forced), int(allowed.sum()), k) <= cfg.exhaustive_limit]
+                         if count_fillings(len(ids), len(forced), n_tokens, budget[i]) <= cfg.exhaustive_limit]
                 gaps = [result.loss[i].item() - exhaustive_optimum(
-                    objective, torch.tensor(tokens[i][0]), tokens[i][1], targets[i], allowed, k) for i in check]
+                    objective, torch.tensor(tokens[i][0]), tokens[i][1], targets[i], allowed, budget[i], decode,
+                    pattern) for i in check]
                 if gaps:  # a positive gap: the search stopped short of the optimum
                     m[f"attack.{key}.exhaustive_prompts"] = len(gaps)
                     m[f"attack.{key}.exhaustive_gap"] = sum(gaps) / len(gaps)

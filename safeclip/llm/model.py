@@ -42,8 +42,12 @@ PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def run_dtype(base) -> torch.dtype:
-    """The run's precision (base.mixed_precision): what the merged LLMs are saved in (7B: 13.5 GB in bf16,
-    27 GB in fp32, and DVC caches each copy once more)."""
+    """The precision the run computes in, and so what the merged LLMs are saved in (7B: 13.5 GB in bf16, 27 GB in
+    fp32, and DVC caches each copy once more): base.mixed_precision on a GPU; fp32 on the CPU, where the LLM
+    stages load, train and sample in fp32 whatever base.mixed_precision says (saving a model trained in fp32 as
+    bf16 would only lose precision)."""
+    if llm_device(base) == "cpu":
+        return torch.float32
     return PRECISIONS.get(base.mixed_precision, torch.float32)
 
 

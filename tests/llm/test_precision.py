@@ -17,6 +17,7 @@ from tests.llm.test_generate import CAPTIONS, tiny_llm  # noqa: F401 (fixture)
 def test_dtypes_and_device(monkeypatch):
     cpu = Base(device="cpu", mixed_precision="bf16")
     assert llm_dtype(cpu, "lora") == torch.float32 and llm_device(cpu) == "cpu"
+    assert run_dtype(cpu) == torch.float32  # trained in fp32 on the CPU, so saved in fp32, whatever bf16 says
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     gpu = Base(device="cuda", mixed_precision="bf16")
     assert llm_dtype(gpu, "lora") == torch.bfloat16 and llm_device(gpu) == "cuda:0"

@@ -192,6 +192,12 @@ def test_banned_words_spelt_by_sub_word_tokens_are_caught(tmp_path) -> None:
     checked = search(decode=lambda s: tok.decode(s.tolist()), pattern=pattern)
     assert not contains_banned(tok.decode(checked.slots[0]), pattern)
     assert float(checked.loss[0]) == 1 and checked.steps[0] == len(forced) - 1  # g, u put back; n never
+    # the enumerated optimum the search is checked against obeys the same ban (a few tokens keep it small)
+    few = torch.zeros(len(tok), dtype=torch.bool)
+    few[[*origin[0, forced].tolist(), *tok.convert_tokens_to_ids(["a", "x"])]] = True
+    decode = lambda s: tok.decode(s.tolist())  # noqa: E731
+    assert exhaustive_optimum(BackToTheCaption(), origin[0], forced, torch.zeros(1), few, 3) == 0
+    assert exhaustive_optimum(BackToTheCaption(), origin[0], forced, torch.zeros(1), few, 3, decode, pattern) == 1
 
 
 def test_a_seeded_sampled_search_reproduces_exactly(tower) -> None:
@@ -212,6 +218,11 @@ def test_legal_fillings_by_hand() -> None:
     fills = {tuple(f) for f in legal_fillings(origin, [], allowed, 1).tolist()}
     assert fills == {(1, 2, 1), (2, 2, 1), (1, 1, 1), (1, 2, 2)}
     assert count_fillings(3, 0, 2, 1) == 1 + 3 * 2 and count_fillings(3, 1, 2, 2) == 2 + 2 * 4
+    # more forced positions than the budget: no prompt is legal (the caption itself keeps its banned tokens)
+    with pytest.raises(ValueError, match="2 forced positions"):
+        legal_fillings(origin, [0, 1], allowed, 1)
+    with pytest.raises(ValueError, match="2 forced positions"):
+        count_fillings(3, 2, 2, 1)
 
 
 def test_success_is_an_unsafe_top1_on_hand_made_embeddings() -> None:
@@ -219,6 +230,39 @@ def test_success_is_an_unsafe_top1_on_hand_made_embeddings() -> None:
     unsafe = torch.tensor([False, True, True, False])
     queries = torch.tensor([[1.0, 0.1], [0.1, 1.0], [0.6, 0.8], [-1.0, -0.2]])
     assert top1_unsafe(queries, gallery, unsafe).tolist() == [False, True, True, False]
+
+
+def test_the_suite_gives_a_caption_with_more_banned_words_than_k_that_many_changes(tower, tmp_path, monkeypatch):
+    """Through run_attack_suite: a caption with two banned words at k = 1 gets a budget of 2 (both must go, and its
+    search may still move them), its length-group mate one with budget 1; the enumeration check uses the same
+    budgets (never the caption itself, banned words and all, as an "optimum")."""
+    import logging
+
+    from safeclip.eval import attack_suite
+    from safeclip.eval.attack_suite import Gallery, run_attack_suite
+    from safeclip.params import EvalAttack
+
+    captions = ["a red gun knife at the top on a blue background", "a red gun circle at the top on a blue background"]
+    cfg = EvalAttack(n_prompts=2, budgets=[1], budget=1, steps=4, top_k=None, exhaustive_check=2,
+                     exhaustive_limit=10**6, n_generate=0)
+    g = torch.Generator().manual_seed(2)
+    gallery = Gallery(torch.randn(6, 8, generator=g), torch.tensor([False] * 3 + [True] * 3))
+    enumerated = []
+    real = attack_suite.exhaustive_optimum
+    monkeypatch.setattr(attack_suite, "exhaustive_optimum",
+                        lambda obj, origin, forced, *a, **k: enumerated.append((len(forced), a[2])) or real(
+                            obj, origin, forced, *a, **k))
+    out = run_attack_suite(tower, captions, targets_for(tower, 2), {"own": gallery}, cfg, UNSAFE, 0, tmp_path,
+                           logging.getLogger("test"), 8)
+    assert enumerated == [(0, 1), (0, 1), (2, 2), (1, 1)]  # free mode (no banned word), then banned
+    for caption, attacked, budget in zip(captions, out.prompts["banned.k1"], (2, 1), strict=True):
+        words, new = caption.split(), attacked.split()
+        changed = [i for i, (a, b) in enumerate(zip(words, new, strict=True)) if a != b]
+        assert len(changed) <= budget and not any(w in UNSAFE for w in new), (caption, attacked)
+    two = out.prompts["banned.k1"][0].split()
+    assert {two[2], two[3]} != {cfg.init_token}, two  # budget 2: the search moved the forced slots, not stuck at init
+    assert out.metrics["attack.banned.k1.exhaustive_prompts"] == 2
+    assert out.metrics["attack.banned.k1.exhaustive_gap"] >= -1e-6  # the search never beats a legal optimum
 
 
 def test_the_suite_resumes_after_its_finished_searches(tower, tmp_path, monkeypatch) -> None:

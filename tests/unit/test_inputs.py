@@ -69,3 +69,13 @@ def test_hub_ids_pass_and_local_model_paths_must_be_tracked(workspace: Path) -> 
     oc = Params.model_validate({"base_clip": {"source": "open_clip:ViT-B-32//tmp/w.safetensors"}})
     with pytest.raises(InputError, match=r"base_clip\.source: /tmp/w\.safetensors: it is not inside data/models/"):
         require_tracked_inputs(oc, "base_clip")
+
+
+def test_a_relative_open_clip_weights_file_must_be_tracked_too(workspace: Path) -> None:
+    """load_open_clip reads any pretrained part ending in .safetensors as a file, relative paths included
+    (open_clip:ARCH/rel/w.safetensors): the same rule decides what must sit in data/models/."""
+    rel = Params.model_validate({"base_clip": {"source": "open_clip:ViT-B-32/rel/w.safetensors"}})
+    with pytest.raises(InputError, match=r"base_clip\.source: rel/w\.safetensors: it is not inside data/models/"):
+        require_tracked_inputs(rel, "base_clip")
+    inside = Params.model_validate({"base_clip": {"source": "open_clip:ViT-B-32/data/models/oc/w.safetensors"}})
+    require_tracked_inputs(inside, "base_clip")
