@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # pytest workers for `make test`, each at one torch thread (tests/conftest.py): one per core of the 2-core machine
 TEST_WORKERS ?= 2
 
-.PHONY: setup repro test test-fast lint clean-venv
+.PHONY: setup repro test test-fast test-gpu lint clean-venv
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ repro: setup
 test: setup
 	@$(BIN)/python -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+# On a machine with a GPU: the tests marked gpu, on CUDA (CI and `make test` skip them)
+test-gpu: setup
+	SAFECLIP_GPU_TESTS=1 $(BIN)/python -m pytest -q -ra -m gpu
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

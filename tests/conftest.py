@@ -7,7 +7,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# CPU by default, as in CI. SAFECLIP_GPU_TESTS=1 (`make test-gpu`) keeps the GPU visible so the tests marked
+# `gpu` run on it; the other tests still run on the CPU (their params say device cpu).
+GPU_TESTS = os.environ.get("SAFECLIP_GPU_TESTS") == "1"
+if not GPU_TESTS:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import safeclip  # noqa: E402, F401, I001  (first: pins the CPU kernels, as in every stage, before torch loads)
 import pytest  # noqa: E402
@@ -36,9 +40,9 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(rel[id(item)], len(rank)))  # stable: the rest keep their order
     for item in items:
         item.add_marker(pytest.mark.xdist_group(_schedule_group(rel[id(item)])))
-    if torch.cuda.is_available():
+    if GPU_TESTS and torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs CUDA")
+    skip = pytest.mark.skip(reason="needs CUDA and SAFECLIP_GPU_TESTS=1 (make test-gpu)")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):
             item.add_marker(skip)
