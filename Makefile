@@ -15,8 +15,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# --no-compile: pip byte-compiles every module of ~6 GB of packages (35 s here); Python compiles what it imports
-	$(BIN)/pip install --disable-pip-version-check -q --no-compile -r requirements.txt
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.txt
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	$(BIN)/python -c "import torch, torchvision, open_clip, transformers, trl, peft, diffusers, dvc"
 	touch $@
