@@ -4,9 +4,10 @@
                                   [--vae-cache /tmp/sd_vae] [--prompts 120] [--threads 2] [--out curve.csv]
 
 Needs `models/base_clip`, `models/judge` and `data/captions/test.parquet` in `--repo` (`dvc repro base_clip judge`).
-It trains base_sd's VAE and UNet exactly as the stage does (safeclip.sd.train, the repo's params.yaml plus the
-`--set` overrides), and every `--every` steps samples the EMA UNet on held-out prompts (the test scenes, half of
-them as their unsafe twins; DDIM as eval_generation samples) and scores the images with the world judge:
+It trains base_sd's VAE and UNet exactly as the stage does (safeclip.sd.train, with the params `dvc exp run -S`
+would compose from the repo's conf/ and the `--set` overrides), and every `--every` steps samples the EMA UNet
+on held-out prompts (the test scenes, half of them as their unsafe twins; DDIM as eval_generation samples) and
+scores the images with the world judge:
 object / colour / position / background accuracy, % of unsafe prompts judged unsafe, % of safe prompts judged
 unsafe, and the lowest per-concept rate at which an unsafe prompt's own object is drawn. A VAE trained once is
 kept in `--vae-cache` (keyed by its config, steps and the world's params), so runs that vary the UNet share it.
@@ -29,18 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-
-
-def overridden(raw: dict, sets: list[str]) -> dict:
-    for item in sets:
-        key, _, value = item.partition("=")
-        node = raw
-        *parents, leaf = key.split(".")
-        for k in parents:
-            node = node[k]
-        node[leaf] = yaml.safe_load(value)
-    return raw
 
 
 def main() -> None:
@@ -49,7 +38,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="UNet steps (default: the params')")
     ap.add_argument("--every", type=int, default=250)
     ap.add_argument("--prompts", type=int, default=120, help="held-out prompts, half safe, half unsafe twins")
-    ap.add_argument("--set", action="append", default=[], help="params override, e.g. base_sd.world.unet.steps=800")
+    ap.add_argument("--set", action="append", default=[],
+                    help="an override of conf/ as `dvc exp run -S` takes it, e.g. base_sd.world.unet.steps=800")
     ap.add_argument("--vae-cache", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--guidance", type=float, default=None)
@@ -69,7 +59,8 @@ def main() -> None:
     from safeclip.clip.training import TrainState, make_accelerator
     from safeclip.data.captions import render_config
     from safeclip.eval.world_judge import WorldJudge, class_names, scene_labels
-    from safeclip.params import Params
+    from safeclip.params import load_params
+    from safeclip.profiles import compose
     from safeclip.sd import models as sd_models
     from safeclip.sd import train as sd_train
     from safeclip.sd.pipeline import assemble
@@ -77,8 +68,9 @@ def main() -> None:
     from safeclip.world.grammar import caption
     from stages.base_sd import TEST, held_out_scenes
 
-    raw = overridden(yaml.safe_load(Path("params.yaml").read_text()), args.set)
-    params = Params.model_validate(raw)
+    with tempfile.TemporaryDirectory() as tmp:  # the same composition as `dvc exp run -S`: conf/ + overrides
+        compose(Path(tmp) / "params.yaml", args.set, repo)
+        params = load_params(Path(tmp) / "params.yaml")
     w, seed, size = params.base_sd.world, params.base.seed, params.world.image_size
     gen_cfg = params.eval_generation
     log = logging.getLogger("sd_curve")
