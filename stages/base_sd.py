@@ -101,7 +101,9 @@ def main() -> None:
     fp = fingerprint("base_sd.unet", w.model_dump(), *common, file_digest("models/base_clip"), vae_steps)
     state = TrainState(acc, CKPT / "unet", fp, log)
     unet, unet_curve = sd_train.train_unet(unet, latents * scaling, labels, states[:-1], states[-1], scheduler,
-                                           w.unet, unet_steps, seed, acc, state, log)
+                                           w.unet, unet_steps, seed, acc, state, log,
+                                           weight_maps=sd_train.object_weight_maps(scenes, latents.shape[-1],
+                                                                                   w.unet.object_weight))
     pipe = assemble(vae, unet.cpu(), encoder, clip.tokenizer, sd_models.sample_scheduler(scheduler))
     with atomic_dir("models/base_sd") as out:
         pipe.save_pretrained(out, safe_serialization=True)
