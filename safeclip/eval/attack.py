@@ -229,15 +229,15 @@ def count_fillings(length: int, n_forced: int, n_tokens: int, max_changes: int) 
 
 def exhaustive_optimum(objective: TextObjective, origin: torch.Tensor, forced: Sequence[int], target: torch.Tensor,
                        allowed: torch.Tensor, max_changes: int, decode: Callable[[torch.Tensor], str] | None = None,
-                       pattern: re.Pattern | None = None) -> float:
+                       pattern: re.Pattern | None = None) -> float | None:
     """The best objective over every legal filling of one caption: the optimum the search is checked against.
     Legal as for the search: within the budget, and (with `decode` and a banned `pattern`) no banned word in the
-    decoded text, which sub-word tokens can spell together."""
+    decoded text, which sub-word tokens can spell together. None when no filling is legal (nothing to check)."""
     fills = legal_fillings(origin, forced, allowed, max_changes)
     if decode is not None and pattern is not None:
         fills = fills[[not contains_banned(decode(f), pattern) for f in fills]]
     if not len(fills):
-        return float("inf")
+        return None
     return float(objective.loss(fills, target[None], torch.zeros(len(fills), dtype=torch.long)).min())
 
 

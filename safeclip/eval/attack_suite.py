@@ -194,9 +194,9 @@ def run_attack_suite(bundle: ClipBundle, captions: Sequence[str], targets: torch
                 n_tokens = int(allowed.sum())
                 check = [i for i, (ids, forced) in enumerate(tokens[:cfg.exhaustive_check])
                          if count_fillings(len(ids), len(forced), n_tokens, budget[i]) <= cfg.exhaustive_limit]
-                gaps = [result.loss[i].item() - exhaustive_optimum(
-                    objective, torch.tensor(tokens[i][0]), tokens[i][1], targets[i], allowed, budget[i], decode,
-                    pattern) for i in check]
+                optima = {i: exhaustive_optimum(objective, torch.tensor(tokens[i][0]), tokens[i][1], targets[i],
+                                                allowed, budget[i], decode, pattern) for i in check}
+                gaps = [result.loss[i].item() - best for i, best in optima.items() if best is not None]
                 if gaps:  # a positive gap: the search stopped short of the optimum
                     m[f"attack.{key}.exhaustive_prompts"] = len(gaps)
                     m[f"attack.{key}.exhaustive_gap"] = sum(gaps) / len(gaps)

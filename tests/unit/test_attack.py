@@ -198,6 +198,8 @@ def test_banned_words_spelt_by_sub_word_tokens_are_caught(tmp_path) -> None:
     decode = lambda s: tok.decode(s.tolist())  # noqa: E731
     assert exhaustive_optimum(BackToTheCaption(), origin[0], forced, torch.zeros(1), few, 3) == 0
     assert exhaustive_optimum(BackToTheCaption(), origin[0], forced, torch.zeros(1), few, 3, decode, pattern) == 1
+    everything = banned_pattern(["red"])  # every filling keeps the caption's "red": none is legal
+    assert exhaustive_optimum(BackToTheCaption(), origin[0], forced, torch.zeros(1), few, 3, decode, everything) is None
 
 
 def test_a_seeded_sampled_search_reproduces_exactly(tower) -> None:
