@@ -174,7 +174,7 @@ def train_unet(unet, latents: torch.Tensor, caption_index: np.ndarray, text_stat
     from diffusers.training_utils import EMAModel
 
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor("constant", steps, cfg.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.lr_schedule, steps, cfg.warmup_steps))
     unet, opt = accelerator.prepare(unet, opt)
     accelerator.register_for_checkpointing(sched)  # not prepared: accelerate would step it once per process
     raw = accelerator.unwrap_model(unet)
