@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,7 +265,6 @@ def train_world_judge(images: np.ndarray, labels: Mapping[str, np.ndarray], cfg:
     gen = torch.Generator().manual_seed(stable_seed(seed, "judge-augment"))
     curve: list[dict] = []
     step = 0
-    t0 = time.perf_counter()
     net.train()
     for epoch in range(cfg.epochs):
         perm = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n))
@@ -302,8 +300,7 @@ def train_world_judge(images: np.ndarray, labels: Mapping[str, np.ndarray], cfg:
                 seen += len(idx)
         row = {"epoch": epoch + 1, "step": step, **{k: v / seen for k, v in sums.items()},
                "train_accuracy": correct["all"] / seen,
-               **{f"train_accuracy_{h}": correct[h] / seen for h in HEADS},
-               "seconds": round(time.perf_counter() - t0, 3)}
+               **{f"train_accuracy_{h}": correct[h] / seen for h in HEADS}}
         curve.append(row)
         if log is not None:
             log.info("world judge epoch %d/%d step %d: loss %.4f, train accuracy %.4f (object %.4f)", epoch + 1,

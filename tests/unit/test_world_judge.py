@@ -150,8 +150,7 @@ def test_training_is_deterministic_under_the_seed():
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert not all(torch.equal(s1[k], s3[k]) for k in s1)
     assert not all(torch.equal(s1[k], s4[k]) for k in s1)  # the augmentation is applied
-    drop = lambda c: [{k: v for k, v in r.items() if k != "seconds"} for r in c]  # noqa: E731
-    assert drop(curve1) == drop(curve2)
+    assert curve1 == curve2  # plots/judge.csv holds no wall-clock column: a rerun under the seed writes the same file
     assert [r["epoch"] for r in curve1] == [1] and curve1[0]["step"] == len(images) // TINY.batch_size
     assert {"loss", "train_accuracy", "train_accuracy_object"} <= set(curve1[0])
 
