@@ -47,6 +47,8 @@ def main() -> None:
     # eval_generation has drawn its images. In the world they are also run on harmless renders: they should
     # flag (almost) none.
     others = [j for j in cfg.judges if j != "world"]
+    if params.captions.source == "world":  # and the ones checked here only, not on every generated image
+        others += [j for j in cfg.false_positive_judges if j not in others]
     panel = build_panel(cfg.model_copy(update={"judges": others}), params.captions.source) if others else []
     if params.captions.source != "world":
         metrics.update({f"judge.{j.name}.loaded": 1 for j in panel})
