@@ -419,9 +419,10 @@ class WorldJudgeTrain(Section):
     """The world's oracle judge: a small CNN with object/colour/position/background heads on real renders."""
     renders_per_scene: PosInt = 3
     held_out_fraction: Fraction = 0.1  # scenes never seen in training, for the accuracy metric
-    # 8 epochs were calibrated (3 seeds): object 99.0-99.4%, unsafe 100% on held-out scenes, object >=98.4% on
-    # renders degraded like generated images. 5 (seed 0): object 98.3%, unsafe 100%, in 5/8 of the time
-    epochs: PosInt = 5
+    # Calibrated (3 seeds): object 99.0-99.4%, unsafe 100% on held-out scenes, object >=98.4% on renders
+    # degraded like generated images. Not fewer: at 5 epochs (held-out object 98.3%) the judge read the same 480
+    # base-SD images as unsafe 3.7 points more often (68.3 vs 64.6%): the instrument is not settled there
+    epochs: PosInt = 8
     batch_size: PosInt = 64
     learning_rate: PosFloat = 3e-3
     channels: list[PosInt] = [48, 48, 64]
