@@ -27,6 +27,21 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+# Keys transformers copies from the loading call and environment into a tokenizer's saved config: a model folder
+# saved by a stage must not depend on whether HF_HUB_OFFLINE was set when its input was loaded
+_LOAD_ENVIRONMENT_KEYS = ("local_files_only",)
+
+
+def load_tokenizer(path: str | Path):
+    """AutoTokenizer from a local folder, never remote code, without the loading environment in what it saves."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    for key in _LOAD_ENVIRONMENT_KEYS:
+        tok.init_kwargs.pop(key, None)
+    return tok
+
+
 def resolve_model_dir(source: str, revision: str | None = None, allow_pickle: bool = False, *,
                       param: str | None = None) -> Path:
     """A local folder holding the model: the path itself, or the hub snapshot (downloaded unless offline).

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from safeclip.hub import model_dir, resolve_model_dir, write_pointer
+from safeclip.hub import load_tokenizer, model_dir, resolve_model_dir, write_pointer
 from safeclip.io import InputError, atomic_dir
 from safeclip.params import BaseClip, WorldClip
 from safeclip.world.grammar import vocabulary
@@ -96,7 +96,7 @@ def load_clip(path: str | Path, allow_pickle: bool = False) -> ClipBundle:
         model = CLIPModel.from_pretrained(d, use_safetensors=not allow_pickle, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: not a loadable CLIPModel folder ({e})") from e
-    tok = AutoTokenizer.from_pretrained(d, trust_remote_code=False)
+    tok = load_tokenizer(d)
     processor = CLIPImageProcessor.from_pretrained(d)
     return ClipBundle(model.eval(), tok, processor)
 

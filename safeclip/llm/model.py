@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from safeclip.hub import POINTER, model_dir, write_pointer  # noqa: F401 (re-exported for the stages)
+from safeclip.hub import POINTER, load_tokenizer, model_dir, write_pointer  # noqa: F401 (re-exported for the stages)
 from safeclip.io import atomic_dir
 from safeclip.llm.template import PROMPT
 from safeclip.params import WorldLlm
@@ -72,7 +72,7 @@ def llm_dtype(base, finetune: str) -> torch.dtype:
 def load_causal_lm(path: str | Path, dtype: torch.dtype = torch.float32, allow_pickle: bool = False):
     """(model, tokenizer), safetensors only and never remote code."""
     d = model_dir(path, allow_pickle)
-    tok = AutoTokenizer.from_pretrained(d, trust_remote_code=False)
+    tok = load_tokenizer(d)
     if tok.pad_token is None:  # Llama-2 has none; left-padded batches need one
         tok.pad_token = tok.unk_token or tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype, trust_remote_code=False,
