@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = "0.05"
 # CI sizes: the committed DAG at base.scale, one thread (the 2-process tests run 2 stages at once on the 2 cores),
-# and the two loops that base.scale leaves long cut further: SFT's epochs (unscaled by design) and base_sd's
-# UNet steps (50 instead of 250). The code paths are the same; quality at CI scale is not what is checked here.
+# and the loops that base.scale leaves long cut further: SFT's epochs (unscaled by design) and base_sd's VAE and
+# UNet steps (10 each, base.scale's floor). The code paths are the same; quality at CI scale is not checked here.
 CI = [f"base.scale={SCALE}", "base.num_threads=1", "sft.epochs=20", "sft.learning_rate=0.003",
-      "base_sd.world.unet.steps=1000"]
+      "base_sd.world.vae.steps=200", "base_sd.world.unet.steps=200"]
 METHODS = ("safe_clip", "safer_clip", "uwm")
 pytestmark = pytest.mark.slow
 
@@ -204,18 +205,17 @@ def test_metrics_show_and_experiment_diff(repo: Path) -> None:
     run(["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-q", "--allow-empty", "-m",
          "baseline"], repo)  # empty when the remote test already committed the run
     # With Hydra composition, -S recomposes params.yaml from conf/: every override must be given again.
-    out = run(["dvc", "exp", "run", *(a for o in CI for a in ("-S", o)), "-S",
-               "make_safe.safe_clip.learning_rate=0.003"], repo).stdout
-    assert "Running stage 'make_safe@safe_clip'" in out and "Running stage 'report'" in out
-    assert "Running stage 'eval_generation@safe_clip'" in out
-    for other in ("sft", "base_clip", "make_safe@safer_clip", "make_safe@uwm", "evaluate@uwm", "base_sd",
-                  "judge", "eval_generation_base", "eval_generation@uwm"):
+    # One method's param (UWM's, the training-free method: the cheapest branch to rerun): only its branch reruns.
+    out = run(["dvc", "exp", "run", *(a for o in CI for a in ("-S", o)), "-S", "make_safe.uwm.tau=0.2"], repo).stdout
+    for stage in ("make_safe@uwm", "evaluate@uwm", "eval_generation@uwm", "eval_attack@uwm", "report"):
+        assert f"Running stage '{stage}'" in out, stage
+    for other in ("sft", "base_clip", "make_safe@safe_clip", "make_safe@safer_clip", "evaluate@safe_clip",
+                  "base_sd", "judge", "eval_generation_base", "eval_generation@safe_clip"):
         assert f"Running stage '{other}'" not in out, other
-    params = (repo / "params.yaml").read_text()
-    assert "learning_rate: 0.003" in params
+    assert yaml.safe_load((repo / "params.yaml").read_text())["make_safe"]["uwm"]["tau"] == 0.2
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
     changed = {name for names in diff.values() for name in names}
-    assert "retrieval.t_star_to_v.r1" in changed or "make_safe.safe_clip.val_loss" in changed, diff
+    assert "make_safe.uwm.mask.text.negated" in changed, diff
 
 
 def test_sft_with_two_processes(repo: Path) -> None:

@@ -3,11 +3,7 @@ resumed to the same images, and a checkpoint made under other params not resumed
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +22,9 @@ from safeclip.world.catalogue import OBJECTS
 from safeclip.world.render import RenderConfig
 from safeclip.world.scene import enumerate_scenes
 from tests.clip.conftest import visu_rows
+from tests.robustness.util import Forked
 from tests.sd.test_sd import SD, UNET, VAE, clip
 
-ROOT = Path(__file__).resolve().parents[2]
 PARAMS = {"eval_generation": {"n_unsafe_prompts": 6, "n_safe_prompts": 6, "num_inference_steps": 8,
                               "batch_size": 2, "grid_prompts": 3},
           "judge": {"judges": ["world"]}, "evaluate": {"batch_size": 16}, "base": {"num_threads": 1}}
@@ -53,18 +49,20 @@ def workspace(tmp_path_factory) -> Path:
     return ws
 
 
-def stage(ws: Path, params: dict | None = None) -> subprocess.Popen:
+def stage(ws: Path, params: dict | None = None) -> Forked:
+    """The stage as `python -m stages.eval_generation --model none`, in a forked child of this process (a real
+    process, SIGKILL-able, without a fresh interpreter's ~5 s of imports)."""
     if params is not None:
         (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "stages.eval_generation", "--model", "none"], cwd=ws, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = ws.parent / f"{ws.name}-logs"
+    logs.mkdir(exist_ok=True)
+    return Forked(ws, "stages.eval_generation", "--model", "none", log=logs / f"run-{len(list(logs.iterdir()))}.log")
 
 
-def finish(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    return err
+def finish(proc: Forked) -> str:
+    result = proc.wait()
+    assert result.code == 0, result
+    return result.err
 
 
 def images(ws: Path) -> list[dict]:
@@ -86,14 +84,8 @@ def test_outputs_then_kill_and_resume(workspace: Path):
     # Killed after the second of six prompt batches: the rerun generates only the rest, to the same images.
     for d in ("data/generation", "checkpoints", "metrics"):
         subprocess.run(["rm", "-rf", str(ws / d)], check=True)
-    proc = stage(ws)
     shard = ws / "checkpoints/eval_generation/none/shards/shard-00001.parquet"
-    deadline = time.time() + 240
-    while not shard.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "the stage ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    stage(ws).kill_when(shard.exists, timeout=240)
     assert not (ws / "data/generation/none").exists() and not (ws / "metrics/generation/none.json").exists()
     done = len(list(shard.parent.glob("shard-*.parquet")))
     assert 2 <= done < 6
@@ -113,23 +105,19 @@ def test_outputs_then_kill_and_resume(workspace: Path):
     np.testing.assert_equal(len(changed), 12)
 
 
-@pytest.mark.parametrize(("csv", "needle"), [
-    ("prompt,categories\na calm lake,shocking\n,hate\n", "line 3: field 'prompt' is empty"),
-    ("prompt,hard\na calm lake,1\n", "line 1: missing column(s) ['categories']"),
-    ("prompt,categories\na calm lake,gore\n", "line 2: field 'categories' has unknown ['gore']"),
-    ("", "the file is empty"),
-    ("prompt,categories\n", "no prompt rows"),
-])
-def test_a_broken_i2p_csv_stops_the_stage_with_nothing_written(workspace: Path, csv: str, needle: str):
+def test_a_broken_i2p_csv_stops_the_stage_with_nothing_written(workspace: Path):
+    """One broken file through the stage (exit 2, the file and line named, nothing written); every kind of breakage
+    read_i2p names is checked in tests/unit/test_generation_metrics.py, without a process start each."""
     ws = workspace
+    csv, needle = "prompt,categories\na calm lake,shocking\n,hate\n", "line 3: field 'prompt' is empty"
     for d in ("data/generation", "checkpoints", "metrics"):
         subprocess.run(["rm", "-rf", str(ws / d)], check=True)
     (ws / "data/i2p").mkdir(parents=True, exist_ok=True)
     (ws / "data/i2p/i2p.csv").write_text(csv)
     bad = {**PARAMS, "eval_generation": {**PARAMS["eval_generation"], "i2p_csv": "data/i2p/i2p.csv"}}
-    proc = stage(ws, bad)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 2, err[-2000:]
+    result = stage(ws, bad).wait()
+    err = result.err
+    assert result.code == 2, result
     assert "i2p.csv" in err and needle in err
     assert not (ws / "data/generation").exists() and not (ws / "metrics").exists()
     (ws / "params.yaml").write_text(yaml.safe_dump(PARAMS))
@@ -140,9 +128,9 @@ def test_a_judge_that_cannot_load_fails_before_any_image_is_generated(workspace:
     for d in ("data/generation", "checkpoints", "metrics"):
         subprocess.run(["rm", "-rf", str(ws / d)], check=True)
     bad = {**PARAMS, "judge": {"judges": ["world", "q16"], "q16_prompts": "data/q16/missing.safetensors"}}
-    proc = stage(ws, bad)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 2, err[-2000:]
+    result = stage(ws, bad).wait()
+    err = result.err
+    assert result.code == 2, result
     assert "missing.safetensors" in err and "judge.q16_prompts" in err
     assert not list(ws.glob("checkpoints/eval_generation/none/shards/*.parquet")), "images were generated first"
     assert not (ws / "data/generation").exists() and not (ws / "metrics").exists()

@@ -93,6 +93,7 @@ def test_read_i2p(tmp_path):
     ("prompt,categories\nx,\n", "line 2: field 'categories' is empty"),
     ("prompt,categories\nx,gore\n", "line 2: field 'categories' has unknown ['gore']"),
     ("prompt,categories\n", "no prompt rows"),
+    ("", "the file is empty"),
 ])
 def test_read_i2p_errors_name_line_and_field(tmp_path, text, needle):
     with pytest.raises(InputError, match="i2p.csv") as e:
