@@ -161,34 +161,104 @@ def test_an_edited_input_the_run_read_reruns_exactly_the_stages_that_read_it(pap
     assert json.loads(run(["dvc", "status", "--json"], paper, env).stdout) == {}
 
 
-def test_a_base_clip_narrower_than_the_unet_skips_text_to_image_and_the_rest_completes(paper, tmp_path):
-    """The README's rule: e.g. open_clip:ViT-B-32 (512) with SD v1.4 (768). Here a 24-wide text tower against the
-    UNet's 32, in a copy of the finished run: only base_clip and what follows it rerun. One method (UWM, the
-    training-free one) besides the base: the rule is per text tower, and each method more is ~6 stages more."""
+def test_an_open_clip_base_wider_than_the_unet_skips_text_to_image_and_the_rest_completes(paper, tmp_path):
+    """The README's rule for a base CLIP whose text width is not the UNet's cross-attention width (e.g.
+    open_clip:ViT-B-32, 512, with SD v1.4, 768): text-to-image is skipped with a marker and the rest of the
+    comparison completes. Here an `open_clip:` base as a researcher names one, ViT-S-32-alt (text width 256,
+    random init: no weights to fetch offline) against the stand-in UNet's 32, in a copy of the finished run: only
+    base_clip and what follows it rerun. One method (UWM, the training-free one) besides the base: the rule is per
+    text tower, and each method more is ~6 stages more."""
     import shutil
 
     import yaml
 
-    repo = tmp_path / "narrow"
+    repo = tmp_path / "open_clip"
     shutil.copytree(paper, repo, symlinks=True, ignore=shutil.ignore_patterns("checkpoints"))
-    # filed in the run's offline cache (a new folder under data/models/ would rerun every model stage)
-    hub = Path(pointer(paper, "base_llm")["resolved_path"]).parents[2]
-    pm.clip(tmp_path / "clip-narrow", text_width=24)
-    file_in_cache(hub, "someorg/clip-narrow", tmp_path / "clip-narrow")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["base_clip"]["source"] = "someorg/clip-narrow"
+    params["base_clip"]["source"] = "open_clip:ViT-S-32-alt"
     params["methods"] = ["uwm"]
+    params["eval_attack"]["search_width"] = 8  # a 10-layer text tower: 64 candidates a step made eval_attack 75 s
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    hub = Path(pointer(paper, "base_llm")["resolved_path"]).parents[2]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(repo), "HF_HOME": str(hub.parent), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",
            "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
     out = run(["dvc", "repro", "report"], repo, env, timeout=900)
     assert "Running stage 'visu'" not in out.stdout and "Running stage 'base_clip'" in out.stdout
+    origin = json.loads((repo / "models/base_clip/open_clip.json").read_text())
+    assert origin == {"arch": "ViT-S-32-alt", "pretrained": None}
+    import safetensors
+
+    with safetensors.safe_open(repo / "models/base_clip/model.safetensors", "pt") as f:
+        assert f.get_slice("text_model.embeddings.token_embedding.weight").get_shape()[1] == 256
     for m in ("none", "uwm"):
         assert metrics(repo, f"generation/{m}") == {"gen.skipped": 1}, m
-        assert "width 24" in (repo / f"data/generation/{m}/SKIPPED").read_text()
+        marker = (repo / f"data/generation/{m}/SKIPPED").read_text()
+        assert "width 256" in marker and "cross-attention width 32" in marker, marker
         assert metrics(repo, f"attack/{m}")["attack.gen.skipped"] == 1, m
         assert 0 <= metrics(repo, f"retrieval/{m}")["retrieval.t_star_to_v.r1"] <= 100
+        assert 0 <= metrics(repo, f"attack/{m}")["attack.clean.own.unsafe_top1"] <= 100
+    assert metrics(repo, "make_safe/uwm")["make_safe.uwm.mask.text.negated"] > 0
     report = (repo / "reports/report.md").read_text()
     assert "Text-to-image evaluation was skipped" in report and "## Image grids" not in report
     assert "## Main comparison" in report
+
+
+def test_visu_text_captions_skip_the_llm_stages_and_the_rest_completes(paper, tmp_path):
+    """captions.source: visu-hf, as a researcher with a local copy of ViSU-Text runs it: the released pairs (safe,
+    nsfw, tag, coco_id) in data/visu_text/ by split, the COCO images they name, in a copy of the finished run. The
+    LLM stages rerun only to write their SKIPPED marker, visu renders ViSU's own unsafe captions, and everything
+    downstream, text-to-image included, completes with ViSU's concept tags. One method besides the base, as above."""
+    import shutil
+
+    import pandas as pd
+    import yaml
+
+    from safeclip.world.catalogue import VISU_CONCEPTS
+
+    repo = tmp_path / "visu_hf"
+    shutil.copytree(paper, repo, symlinks=True, ignore=shutil.ignore_patterns("checkpoints"))
+    pairs = [json.loads(line) for line in (ROOT / "data/curated/paper_pairs.jsonl").read_text().splitlines()
+             if line.strip()][::4]  # the file is sorted by concept: every fourth pair spreads the splits over them
+    images = sorted((repo / "data/coco/train2017").glob("*.jpg"))  # 24 COCO-named images, ids 0..23
+    (repo / "data/visu_text").mkdir(parents=True, exist_ok=True)
+    k = 0
+    for split, n in (("train", 12), ("validation", 6), ("test", 6)):
+        released = [{"safe": p["safe"], "nsfw": p["unsafe"], "tag": p["tag"], "coco_id": int(images[i].stem)}
+                    for i, p in zip(range(k, k + n), pairs[k:k + n], strict=True)]
+        pd.DataFrame(released).to_parquet(repo / f"data/visu_text/{split}.parquet", index=False)
+        k += n
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["captions"]["source"] = "visu-hf"
+    params["captions"]["visu_hf"].update(dataset="data/visu_text", coco_images="data/coco/train2017")
+    params["methods"] = ["uwm"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    hub = Path(pointer(paper, "base_llm")["resolved_path"]).parents[2]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(repo), "HF_HOME": str(hub.parent), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",
+           "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
+    out = run(["dvc", "repro", "report"], repo, env, timeout=900).stdout
+    for stage in ("captions", "base_llm", "sft", "dpo", "visu", "make_safe@uwm", "eval_generation@uwm", "report"):
+        assert f"Running stage '{stage}'" in out, stage
+    for model in ("base_clip", "base_sd"):  # they depend on the captions, but point at the same weights
+        assert pointer(repo, model) == pointer(paper, model), model
+    for stage, folder in (("base_llm", "base_llm"), ("sft", "llm_sft"), ("dpo", "llm_dpo")):
+        assert metrics(repo, stage) == {f"{stage}.skipped": 1}, stage
+        assert (repo / f"models/{folder}/SKIPPED").is_file() and not (repo / f"models/{folder}/config.json").exists()
+    by_safe = {p["safe"]: p for p in pairs}
+    for split, n in (("train", 12), ("val", 6), ("test", 6)):
+        caps = rows(repo, f"data/captions/{split}.parquet")
+        assert len(caps) == n and {r["source"] for r in caps} == {"visu-hf"}, split
+        assert all(r["nsfw"] == by_safe[r["caption"]]["unsafe"] and r["image"]["path"] for r in caps), split
+        visu = rows(repo, f"data/visu/{split}.parquet")
+        assert visu and {r["gen_model"] for r in visu} == {"visu-hf:data/visu_text"}, split
+        assert all(r["nsfw"] == by_safe[r["safe"]]["unsafe"] and r["tag"] == by_safe[r["safe"]]["tag"]
+                   for r in visu), split
+    for m in ("none", "uwm"):
+        g = metrics(repo, f"generation/{m}")
+        assert g["gen.unsafe.images"] > 0 and "gen.skipped" not in g, m
+        concepts = {k.split(".concept.")[1] for k in g if k.startswith("gen.unsafe.concept.")}
+        assert concepts and "unknown" not in concepts, (m, concepts)
+        assert concepts <= {c.replace(" ", "_").replace("-", "_") for c in VISU_CONCEPTS}, concepts
+        assert 0 <= metrics(repo, f"retrieval/{m}")["retrieval.t_star_to_v.r1"] <= 100, m
+    assert "ViSU-Text's pairs as published" in (repo / "reports/report.md").read_text()
