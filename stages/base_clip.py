@@ -14,7 +14,7 @@ from safeclip.data.schemas import VISU
 from safeclip.eval.retrieval import recall_at_k
 from safeclip.io import atomic_dir, read_parquet, write_metrics, write_plot_csv
 from safeclip.runtime import scaled
-from safeclip.stage import entry_point, start
+from safeclip.stage import entry_point, run_stage, start
 
 CKPT = Path("checkpoints/base_clip")
 
@@ -63,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

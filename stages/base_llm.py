@@ -13,7 +13,7 @@ from safeclip.io import atomic_dir, write_metrics, write_plot_csv
 from safeclip.llm.model import build_world_llm, save_model_dir, tokenizer_corpus, world_corpus, write_pointer
 from safeclip.llm.training import common_args, last_value, loss_curve, train_resumably
 from safeclip.runtime import scaled
-from safeclip.stage import entry_point, start
+from safeclip.stage import entry_point, run_stage, start
 from safeclip.world.grammar import parse
 from safeclip.world.tokenizer import train_word_tokenizer
 
@@ -72,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

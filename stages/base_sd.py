@@ -18,7 +18,7 @@ from safeclip.runtime import scaled
 from safeclip.sd import models as sd_models
 from safeclip.sd import train as sd_train
 from safeclip.sd.pipeline import assemble
-from safeclip.stage import entry_point, start
+from safeclip.stage import entry_point, run_stage, start
 from safeclip.world.scene import Scene
 
 CKPT = Path("checkpoints/base_sd")
@@ -118,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

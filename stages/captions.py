@@ -5,7 +5,7 @@ from collections import Counter
 from safeclip.data.captions import coco_rows, visu_hf_rows, world_rows
 from safeclip.data.schemas import CAPTIONS, SPLITS
 from safeclip.io import atomic_dir, write_metrics, write_parquet
-from safeclip.stage import entry_point, start
+from safeclip.stage import entry_point, run_stage, start
 
 
 @entry_point
@@ -30,4 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

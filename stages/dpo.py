@@ -19,7 +19,7 @@ from safeclip.llm.sft import merged_model
 from safeclip.llm.template import prompt_for
 from safeclip.llm.training import loss_curve, train_resumably
 from safeclip.runtime import scaled
-from safeclip.stage import entry_point, start
+from safeclip.stage import entry_point, run_stage, start
 
 CKPT = Path("checkpoints/dpo")
 PREFERENCES = pa.schema([pa.field(n, pa.string(), nullable=False) for n in ("safe", "prompt", "chosen", "rejected")])
@@ -140,4 +140,4 @@ def world_quality(model, tok, params, log) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -13,7 +13,7 @@ from safeclip.eval.attack_suite import mixed_gallery, pick_prompts, run_attack_s
 from safeclip.eval.embed import BASE, embeddings_path, load_embeddings, model_path
 from safeclip.io import InputError, atomic_dir, write_metrics, write_plot_csv
 from safeclip.runtime import compute_device, scaled
-from safeclip.stage import entry_point, option, start
+from safeclip.stage import entry_point, option, run_stage, start
 from safeclip.world.catalogue import UNSAFE_OBJECTS
 
 TEST = "data/visu/test.parquet"
@@ -60,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -19,7 +19,7 @@ from safeclip.io import InputError, atomic_dir, read_parquet, write_metrics, wri
 from safeclip.runtime import compute_device, scaled
 from safeclip.sd.pipeline import DTYPES, load_pipeline, swap_text_encoder, text_width, unet_width, use_sampler
 from safeclip.sd.sample import decode_png, generate, image_grid, jobs, png_bytes
-from safeclip.stage import entry_point, option, start
+from safeclip.stage import entry_point, option, run_stage, start
 from safeclip.world.catalogue import SAFE_TWIN
 from safeclip.world.scene import Scene
 
@@ -149,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -12,7 +12,7 @@ from safeclip.eval.suite import recall_curve, retrieval_metrics
 from safeclip.eval.zeroshot import folder_zeroshot, world_zeroshot
 from safeclip.io import write_metrics, write_plot_csv
 from safeclip.runtime import compute_device
-from safeclip.stage import entry_point, option, start
+from safeclip.stage import entry_point, option, run_stage, start
 
 
 @entry_point
@@ -49,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -3,7 +3,7 @@
 from safeclip.data.pairs import pair_id, read_pairs, split_pairs, tag_counts
 from safeclip.data.schemas import PAIRS
 from safeclip.io import atomic_dir, write_metrics, write_parquet
-from safeclip.stage import entry_point, start
+from safeclip.stage import entry_point, run_stage, start
 
 
 @entry_point
@@ -24,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -10,7 +10,7 @@ from safeclip.data.captions import render_config
 from safeclip.eval.judges import WORLD_JUDGE, build_panel, flag_images
 from safeclip.io import InputError, atomic_dir, write_metrics, write_plot_csv
 from safeclip.runtime import scaled
-from safeclip.stage import entry_point, start
+from safeclip.stage import entry_point, run_stage, start
 from safeclip.world.catalogue import OBJECTS
 from safeclip.world.scene import enumerate_scenes
 
@@ -67,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

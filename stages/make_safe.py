@@ -5,7 +5,7 @@
 
 from safeclip.io import write_metrics, write_plot_csv
 from safeclip.methods.runners import RUNNERS
-from safeclip.stage import entry_point, option, start
+from safeclip.stage import entry_point, option, run_stage, start
 
 METHODS = list(RUNNERS)
 
@@ -24,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -5,7 +5,7 @@ so it reruns in seconds whenever a number changes.
 """
 
 from safeclip.report.render import build_report, write_report
-from safeclip.stage import entry_point, start
+from safeclip.stage import entry_point, run_stage, start
 
 
 @entry_point
@@ -18,4 +18,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

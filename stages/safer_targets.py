@@ -12,7 +12,7 @@ from safeclip.io import InputError, read_parquet, write_metrics, write_parquet
 from safeclip.methods.quadruples import quadruple_rows
 from safeclip.methods.safer_clip import redirection_targets
 from safeclip.runtime import compute_device
-from safeclip.stage import entry_point, start
+from safeclip.stage import entry_point, run_stage, start
 
 
 @entry_point
@@ -44,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -11,7 +11,7 @@ from safeclip.llm.model import llm_dtype, load_causal_lm, run_dtype, save_model_
 from safeclip.llm.quality import rewrite_quality
 from safeclip.llm.sft import build_sft_trainer, merged_model, prompt_completion
 from safeclip.llm.training import last_value, loss_curve, train_resumably
-from safeclip.stage import entry_point, start
+from safeclip.stage import entry_point, run_stage, start
 
 CKPT = Path("checkpoints/sft")
 
@@ -60,4 +60,4 @@ def world_quality(model, tok, val_pairs, ev, seed: int, log) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -10,7 +10,7 @@ from safeclip.data.schemas import CAPTIONS, PAIRS, SPLITS
 from safeclip.data.visu import DROP_REASONS, build_shard, build_split, world_image_maker, write_split
 from safeclip.io import InputError, atomic_dir, read_parquet, write_metrics
 from safeclip.llm.concepts import ConceptTagger
-from safeclip.stage import entry_point, start
+from safeclip.stage import entry_point, run_stage, start
 
 CKPT = Path("checkpoints/visu")
 
@@ -128,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)
