@@ -69,6 +69,8 @@ def stage_inputs(params, stage: str) -> list[tuple[str, str, str]]:
                  ("dpo.models.similarity_model", params.dpo.models.similarity_model, "models")]
                 if params.dpo.scorer == "models" else []),
         "visu": ([("visu.images.pipeline", params.visu.images.pipeline, "models")]
+                 + ([("judge.q16_prompts", judge.q16_prompts, "q16"), ("judge.q16_clip", judge.q16_clip, "models")]
+                    if "q16" in params.visu.images.judges else [])
                  if params.captions.source != "world" else []),
         "base_clip": [("base_clip.source", params.base_clip.source, "models")],
         "base_sd": [("base_sd.source", params.base_sd.source, "models")],

@@ -179,7 +179,9 @@ class VisuImages(Section):
     guidance_scale: PosFloat = 7.5
     height: PosInt = 1024
     width: PosInt = 1024
-    judges: list[Literal["nudenet", "opennsfw"]] = ["nudenet", "opennsfw"]
+    # an image is kept when any of them flags it (Safe-CLIP: NudeNet or Q16). q16 reads judge.q16_prompts and
+    # judge.q16_clip, the evaluation's own Q16: NudeNet and OpenNSFW see nudity only, Q16 the other concepts too
+    judges: list[Literal["nudenet", "opennsfw", "q16"]] = ["nudenet", "opennsfw"]
     nudenet_threshold: Fraction = 0.5
     opennsfw_threshold: Fraction = 0.5
 
@@ -526,6 +528,13 @@ class Params(Section):
     judge: Judge = Judge()
     eval_generation: EvalGeneration = EvalGeneration()
     eval_attack: EvalAttack = EvalAttack()
+
+    @model_validator(mode="after")
+    def _q16_in_visu_needs_its_prompts(self):
+        if "q16" in self.visu.images.judges and not self.judge.q16_prompts:
+            raise ValueError("visu.images.judges lists 'q16' but judge.q16_prompts is not set: point it at Q16's "
+                             "prompt embeddings (.safetensors under data/q16/); visu uses the evaluation's Q16")
+        return self
 
 
 class ParamsError(Exception):

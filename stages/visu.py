@@ -98,12 +98,14 @@ def main() -> None:
     elif cfg.images.pipeline:
         from safeclip.data.nsfw_images import t2i_image_maker
 
-        make_image = t2i_image_maker(cfg.images, "cpu" if params.base.device == "cpu" else "cuda")
+        make_image = t2i_image_maker(cfg.images, params.judge, "cpu" if params.base.device == "cpu" else "cuda")
     else:
         make_image = lambda row, text: (None, None)  # noqa: E731
     fp = fingerprint("visu", cfg.model_dump(), params.base.seed, params.world.model_dump(),
                      file_digest("data/captions"), None if skip_llm else file_digest("models/llm_dpo"),
-                     *([] if world or skip_llm else [file_digest("data/pairs")]))
+                     *([] if world or skip_llm else [file_digest("data/pairs")]),
+                     *([file_digest(params.judge.q16_prompts), params.judge.q16_clip]
+                       if not world and "q16" in cfg.images.judges else []))
     prepare_checkpoint_dir(CKPT, fp, log)
     make_shard = partial(build_shard, rewriter=rewriter, make_image=make_image, max_words=cfg.max_words,
                          world=world, gen_model=gen_model, judge_text=make_text_judge(params, log))

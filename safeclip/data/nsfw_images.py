@@ -1,7 +1,8 @@
 """Paper face: the unsafe image of each quadruple from a text-to-image pipeline, kept only if a judge flags it.
 
 Safe-CLIP used `stablediffusionapi/newrealityxl-global-nsfw` with seeds 1234, 1999, 8185 and kept the first
-image that NudeNet or Q16 flagged; we do the same with NudeNet and OpenNSFW and record the seed.
+image that NudeNet or Q16 flagged; we do the same with the judges `visu.images.judges` names (NudeNet, OpenNSFW,
+Q16 with the evaluation's prompts and CLIP) and record the seed.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import io
 import torch
 
 from safeclip.data.visu import ImageMaker
-from safeclip.eval.judges import build_judges
+from safeclip.eval.judges import Q16Judge, build_judges
 from safeclip.hub import resolve_model_dir
-from safeclip.params import VisuImages
+from safeclip.params import Judge, VisuImages
 
 
 def load_t2i_pipeline(source: str, device: str, dtype: torch.dtype = torch.float16):
@@ -27,9 +28,16 @@ def load_t2i_pipeline(source: str, device: str, dtype: torch.dtype = torch.float
     return pipe.to(device)
 
 
-def t2i_image_maker(cfg: VisuImages, device: str) -> ImageMaker:
+def visu_judges(cfg: VisuImages, judge: Judge, device: str) -> list:
+    """The judges that decide whether a generated image is unsafe enough to keep; Q16 first, so that a bad prompt
+    file or CLIP fails before the text-to-image pipeline loads."""
+    q16 = [Q16Judge(judge.q16_prompts, judge.q16_clip, device)] if "q16" in cfg.judges else []
+    return q16 + build_judges([n for n in cfg.judges if n != "q16"], cfg.nudenet_threshold, cfg.opennsfw_threshold)
+
+
+def t2i_image_maker(cfg: VisuImages, judge: Judge, device: str) -> ImageMaker:
+    judges = visu_judges(cfg, judge, device)
     pipe = load_t2i_pipeline(cfg.pipeline, device, torch.float32 if device == "cpu" else torch.float16)
-    judges = build_judges(cfg.judges, cfg.nudenet_threshold, cfg.opennsfw_threshold)
 
     def make(row: dict, nsfw: str) -> tuple[dict | None, int | None]:
         for seed in cfg.seeds:

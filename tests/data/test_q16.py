@@ -67,3 +67,36 @@ def test_q16_clip_given_as_a_hub_id_is_resolved_from_the_offline_cache(tmp_path,
     assert flag_images(judge, [Image.new("RGB", (32, 32))]).shape == (1,)
     with pytest.raises(InputError, match="someorg/not-cached.*judge.q16_clip"):
         Q16Judge(tmp_path / "q16.safetensors", "someorg/not-cached")
+
+
+def test_visu_keeps_an_image_only_when_its_judges_flag_it(tmp_path, clip_dir, monkeypatch):
+    """visu.images.judges with q16: the evaluation's Q16 (judge.q16_prompts, judge.q16_clip) decides which of the
+    NSFW generator's images a quadruple keeps, and it is built before the generator loads."""
+    from safeclip.data import nsfw_images
+    from safeclip.eval.judges import OpenNsfwJudge
+    from safeclip.params import Judge, VisuImages
+
+    image = Image.fromarray(np.full((32, 32, 3), 200, np.uint8))
+    e = image_embedding(clip_dir, image)
+    other = torch.nn.functional.normalize(torch.randn(TINY.projection_dim), dim=0)
+    save_file({"prompts": torch.stack([other, e])}, str(tmp_path / "flags.safetensors"))  # [benign, inappropriate]
+    save_file({"prompts": torch.stack([e, other])}, str(tmp_path / "passes.safetensors"))
+    drawn = []
+
+    class Pipe:  # the generator: the same image whatever the prompt; records the seeds it was asked for
+        def __call__(self, prompt, generator, **kw):
+            drawn.append(generator.initial_seed())
+            return type("Out", (), {"images": [image]})()
+
+    monkeypatch.setattr(nsfw_images, "load_t2i_pipeline", lambda *a, **k: Pipe())
+    cfg = VisuImages(pipeline="data/models/nsfw", judges=["q16"], seeds=[5, 6], height=32, width=32)
+    judges = nsfw_images.visu_judges(VisuImages(judges=["opennsfw", "q16"]),
+                                     Judge(q16_prompts=str(tmp_path / "flags.safetensors"), q16_clip=str(clip_dir)),
+                                     "cpu")
+    assert [type(j) for j in judges] == [Q16Judge, OpenNsfwJudge]
+    kept = nsfw_images.t2i_image_maker(
+        cfg, Judge(q16_prompts=str(tmp_path / "flags.safetensors"), q16_clip=str(clip_dir)), "cpu")({}, "x")
+    assert kept[0]["bytes"].startswith(b"\x89PNG") and kept[1] == 5 and drawn == [5]
+    dropped = nsfw_images.t2i_image_maker(
+        cfg, Judge(q16_prompts=str(tmp_path / "passes.safetensors"), q16_clip=str(clip_dir)), "cpu")({}, "x")
+    assert dropped == (None, None) and drawn == [5, 5, 6]

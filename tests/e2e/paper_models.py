@@ -147,6 +147,15 @@ def coco(root: Path, captions: list[str], n_train: int, n_val: int) -> None:
             json.dumps({"images": images, "annotations": anns}))
 
 
+def q16_prompts(path: Path, width: int) -> None:
+    """Q16's two prompt embeddings [benign, inappropriate] as safetensors (key `prompts`), random unit vectors."""
+    from safetensors.torch import save_file
+
+    prompts = torch.nn.functional.normalize(torch.randn(2, width, generator=torch.Generator().manual_seed(0)), dim=-1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"prompts": prompts}, str(path))
+
+
 def i2p_csv(path: Path, n: int) -> None:
     """I2P's columns (prompt, categories, hard, inappropriate_percentage, ...)."""
     cats = ["sexual", "hate", "violence", "shocking", "illegal activity", "self-harm", "harassment"]

@@ -24,7 +24,7 @@ CPU = ["base.device=cpu", "base.mixed_precision=no", "base.num_processes=1", "ba
        "eval_generation.dtype=float32"]
 SIZES = ["base.scale=0.05", "captions.coco.max_images_per_split=12", "sft.epochs=1.0", "dpo.epochs=1.0",
          "dpo.k=4", "visu.images.seeds=[1]", "visu.images.num_inference_steps=2", "visu.images.height=32",
-         "visu.images.width=32", "visu.images.judges=[opennsfw]",
+         "visu.images.width=32",
          "make_safe.safe_clip.batch_size=8", "make_safe.safe_clip.max_steps=4", "make_safe.safe_clip.eval_every=2",
          "make_safe.safer_clip.batch_size=8", "make_safe.safer_clip.epochs=1", "make_safe.safer_clip.eval_every=2",
          "make_safe.uwm.batch_size=8", "evaluate.batch_size=16",
@@ -35,6 +35,9 @@ SIZES = ["base.scale=0.05", "captions.coco.max_images_per_split=12", "sft.epochs
 # so that visu keeps unsafe images and the quadruple stages have data; a random sentence encoder's similarity
 # means nothing, so DPO's good samples are decided by the (random) classifier alone.
 STAND_IN_JUDGE = ["visu.images.opennsfw_threshold=0.000001", "dpo.models.min_similarity=-1.0"]
+# Q16 as a researcher switches it on: its prompts under data/q16/ (for the stand-in ViT-L/14's 16-wide embedding),
+# so it joins the evaluation panel, and visu keeps an image that OpenNSFW or Q16 flags (Safe-CLIP: NudeNet or Q16)
+Q16 = ["judge.q16_prompts=data/q16/prompts.safetensors", "visu.images.judges=[opennsfw,q16]"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -62,12 +65,13 @@ def paper(tmp_path_factory) -> Path:
     pm.stable_diffusion(repo / "data/models/nsfw-t2i", build / "clip")
     pm.coco(repo / "data/coco", texts[1:], 24, 24)
     pm.i2p_csv(repo / "data/i2p/i2p_benchmark.csv", 8)
+    pm.q16_prompts(repo / "data/q16/prompts.safetensors", 16)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(repo), "HF_HOME": str(hub), "HF_HUB_CACHE": str(hub / "hub"), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
     local = ["base_sd.source=data/models/sd-v1-4", "visu.images.pipeline=data/models/nsfw-t2i"]
     run([sys.executable, "-m", "safeclip.profiles", "profile=paper", "@examples/paper-1gpu.overrides", *CPU, *SIZES,
-         *STAND_IN_JUDGE, *local], repo, env)
+         *STAND_IN_JUDGE, *Q16, *local], repo, env)
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "ci"]):
         run(cmd, repo, env)
@@ -137,7 +141,9 @@ def test_each_stage_wrote_what_the_paper_face_promises(paper: Path) -> None:
         prompts = rows(paper, f"data/attack/{m}/prompts.parquet")
         assert {r["variant"] for r in prompts} >= {"clean", "free.k4", "banned.k16"}
         assert not any(banned.search(r["prompt"]) for r in prompts if r["variant"].startswith("banned")), m
-    assert metrics(paper, "judge") == {"judge.nudenet.loaded": 1, "judge.opennsfw.loaded": 1}
+    assert metrics(paper, "judge") == {"judge.nudenet.loaded": 1, "judge.opennsfw.loaded": 1, "judge.q16.loaded": 1}
+    for m in ("none", *METHODS):
+        assert 0 <= metrics(paper, f"generation/{m}")["gen.unsafe.judge.q16"] <= 100, m
     report = (paper / "reports/report.md").read_text()
     for title in ("Main comparison", "Text-to-image generation", "Image grids", "Robustness to attack",
                   "Claims from the papers"):

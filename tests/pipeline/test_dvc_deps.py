@@ -61,6 +61,7 @@ def _every_input_on(source: str):
     raw["dpo"]["scorer"] = "models"
     raw["dpo"]["models"].update(nsfw_classifier="data/models/cls", similarity_model="data/models/enc")
     raw["judge"].update(judges=["q16"], q16_prompts="data/q16/prompts.safetensors")
+    raw["visu"]["images"]["judges"] = ["nudenet", "q16"]
     raw["evaluate"]["zeroshot"]["datasets"] = [{"name": "pets", "path": "data/zeroshot/pets"}]
     raw["eval_generation"]["i2p_csv"] = "data/i2p/i2p_benchmark.csv"
     raw["eval_attack"]["n_generate"] = 4
@@ -75,6 +76,7 @@ def test_each_stage_depends_on_the_folder_of_every_outside_input_it_reads(source
     params = _every_input_on(source)
     read = {stage: {kind for _, _, kind in stage_inputs(params, stage)} for stage in SPEC}
     assert read["eval_attack"] == read["judge"] == {"q16", "models"} and "i2p" in read["eval_generation_base"]
+    assert read["visu"] == {"q16", "models"}
     for stage, kinds in read.items():
         missing = sorted(FOLDERS[k] for k in kinds if FOLDERS[k] not in SPEC[stage]["deps"])
         assert not missing, f"{stage} reads {missing} under {source} captions, but dvc.yaml does not list them"

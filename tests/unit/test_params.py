@@ -181,3 +181,11 @@ def test_example_override_files_compose_with_the_paper_profile(tmp_path, name, p
     p = load_params(out)
     assert p.base.num_processes == processes and p.base.mixed_precision == "bf16" and p.base.scale == 0.1
     assert p.captions.source == "coco" and p.eval_generation.i2p_csv == "data/i2p/i2p_benchmark.csv"
+
+
+def test_q16_among_visu_judges_needs_the_evaluations_q16_prompts(tmp_path):
+    msg = error(write(tmp_path, "visu:\n  images:\n    judges: [nudenet, q16]\n"))
+    assert "visu.images.judges lists 'q16' but judge.q16_prompts is not set" in msg
+    ok = load_params(write(tmp_path, "visu:\n  images:\n    judges: [q16]\njudge:\n"
+                                     "  q16_prompts: data/q16/q16.safetensors\n"))
+    assert ok.visu.images.judges == ["q16"]
