@@ -84,6 +84,11 @@ def pairs_tagger() -> ConceptTagger:
 def main() -> None:
     params, log = start("visu")
     cfg = params.visu
+    from accelerate import PartialState
+
+    state = PartialState()  # several processes (base.num_processes, one per GPU) split the shards between them
+    if state.num_processes > 1:
+        log.info("process %d of %d (%s)", state.process_index, state.num_processes, state.distributed_type)
     world = params.captions.source == "world"
     captions = {s: read_parquet(f"data/captions/{s}.parquet", CAPTIONS).to_pylist() for s in SPLITS}
     skip_llm = params.captions.source == "visu-hf"
@@ -97,8 +102,9 @@ def main() -> None:
         make_image = world_image_maker(render_config(params.world))
     elif cfg.images.pipeline:
         from safeclip.data.nsfw_images import t2i_image_maker
+        from safeclip.llm.model import llm_device
 
-        make_image = t2i_image_maker(cfg.images, params.judge, "cpu" if params.base.device == "cpu" else "cuda")
+        make_image = t2i_image_maker(cfg.images, params.judge, llm_device(params.base))  # this process's GPU
     else:
         make_image = lambda row, text: (None, None)  # noqa: E731
     fp = fingerprint("visu", cfg.model_dump(), params.base.seed, params.world.model_dump(),
@@ -106,7 +112,8 @@ def main() -> None:
                      *([] if world or skip_llm else [file_digest("data/pairs")]),
                      *([file_digest(params.judge.q16_prompts), params.judge.q16_clip]
                        if not world and "q16" in cfg.images.judges else []))
-    prepare_checkpoint_dir(CKPT, fp, log)
+    prepare_checkpoint_dir(CKPT, fp, log, is_main=state.is_main_process)
+    state.wait_for_everyone()
     make_shard = partial(build_shard, rewriter=rewriter, make_image=make_image, max_words=cfg.max_words,
                          world=world, gen_model=gen_model, judge_text=make_text_judge(params, log))
     shard = lambda rows, seed: make_shard(rows, shard_seed=seed)  # noqa: E731
@@ -115,7 +122,9 @@ def main() -> None:
     metrics, tables = {}, {}
     for split in SPLITS:
         table, stats = build_split(split, captions[split], CKPT / "shards", cfg.shard_size, params.base.seed,
-                                   shard, log)
+                                   shard, log, state.process_index, state.num_processes, state.wait_for_everyone)
+        if not state.is_main_process:
+            continue
         tables[split] = table
         stats = Counter(stats)
         metrics.update({f"visu.{split}.input": stats["input"], f"visu.{split}.kept": stats["kept"],
@@ -123,6 +132,8 @@ def main() -> None:
                         **{f"visu.{split}.dropped.{r}": stats[f"dropped.{r}"] for r in DROP_REASONS}})
         log.info("%s: %d in, %d kept, dropped %s, %d without image", split, stats["input"], stats["kept"],
                  {r: stats[f"dropped.{r}"] for r in DROP_REASONS if stats[f"dropped.{r}"]}, stats["no_image"])
+    if not state.is_main_process:
+        return
     with atomic_dir("data/visu") as out:
         for split, table in tables.items():
             write_split(out / f"{split}.parquet", table)

@@ -86,30 +86,36 @@ def build_shard(rows: list[dict], rewriter: Rewriter, shard_seed: int, make_imag
 
 def build_split(split: str, rows: list[dict], shard_dir: Path, shard_size: int, seed: int,
                 make_shard: Callable[[list[dict], int], tuple[list[dict], Counter]],
-                log: logging.Logger) -> tuple[pa.Table, Counter]:
-    """All shards of a split, reusing complete ones from an earlier (killed) run."""
+                log: logging.Logger, rank: int = 0, num_processes: int = 1,
+                barrier: Callable[[], None] = lambda: None) -> tuple[pa.Table, Counter]:
+    """All shards of a split, reusing complete ones from an earlier (killed) run.
+
+    Under several processes (`accelerate launch`, one per GPU) process `rank` makes shards rank, rank + n, ...;
+    every process calls this, and all return the whole split once every shard is written. A shard's randomness
+    comes from its index alone (seed * 100_003 + k), so the split is the same for any number of processes."""
     shard_dir.mkdir(parents=True, exist_ok=True)
-    for stale in shard_dir.glob(f".{split}-*.tmp"):  # left by a run killed mid-write
-        stale.unlink()
-    tables, total = [], Counter()
+    if rank == 0:
+        for stale in shard_dir.glob(f".{split}-*.tmp"):  # left by a run killed mid-write
+            stale.unlink()
+    barrier()  # no process writes a shard while the main one clears the leftovers
     n_shards = (len(rows) + shard_size - 1) // shard_size
-    reused = 0
-    for k in tqdm(range(n_shards), desc=f"visu {split}", disable=n_shards < 2):
-        path = shard_dir / f"{split}-{k:05d}.parquet"
-        stats_path = path.with_suffix(".json")
-        if path.exists() and stats_path.exists():
-            reused += 1
-        else:
-            out, stats = make_shard(rows[k * shard_size:(k + 1) * shard_size], seed * 100_003 + k)
-            write_json(stats_path, dict(stats))
-            write_parquet(path, out, VISU)  # last: its presence marks the shard complete
+    paths = [shard_dir / f"{split}-{k:05d}.parquet" for k in range(n_shards)]
+    done = [p.exists() and p.with_suffix(".json").exists() for p in paths]
+    mine = [k for k in range(rank, n_shards, num_processes) if not done[k]]
+    for k in tqdm(mine, desc=f"visu {split}", disable=len(mine) < 2):
+        out, stats = make_shard(rows[k * shard_size:(k + 1) * shard_size], seed * 100_003 + k)
+        write_json(paths[k].with_suffix(".json"), dict(stats))
+        write_parquet(paths[k], out, VISU)  # last: its presence marks the shard complete
+    barrier()  # every shard written
+    tables, total = [], Counter()
+    for path in paths:
         try:
             tables.append(read_parquet(path, VISU))
         except InputError as e:
             raise InputError(f"visu shard {e}; delete the shard to regenerate it") from e
-        total.update(json.loads(stats_path.read_text()))
-    if reused:
-        log.info("%s: resumed, reusing %d of %d complete shards", split, reused, n_shards)
+        total.update(json.loads(path.with_suffix(".json").read_text()))
+    if any(done) and rank == 0:
+        log.info("%s: resumed, reusing %d of %d complete shards", split, sum(done), n_shards)
     table = pa.concat_tables(tables) if tables else VISU.empty_table()
     return table, total
 

@@ -293,6 +293,36 @@ def test_shard_without_its_stats_is_rebuilt(train_rows, tmp_path):
     assert seeds == [5 * 100_003] and table.num_rows == 8 and stats["kept"] == 8
 
 
+def test_processes_make_every_nth_shard_and_return_the_split_one_process_makes(train_rows, tmp_path):
+    """Under `accelerate launch` process r of n makes shards r, r + n, ... (skipping complete ones) and, after
+    the barrier, every process reads the whole split. Played here one process after the other: process 1 stops
+    at its second barrier (where the others would still be writing), then process 0 finds 1's shards complete."""
+    rows = train_rows[:16]
+    made: dict[int, list[int]] = {0: [], 1: []}
+
+    def maker(rank):
+        def make(part, seed):
+            made[rank].append(seed - 3 * 100_003)
+            return good_shard(part), Counter(input=len(part), kept=len(part))
+        return make
+
+    class Waiting(Exception):
+        pass
+
+    def barrier_of_process_1():
+        calls.append(1)
+        if len(calls) == 2:
+            raise Waiting
+
+    calls: list[int] = []
+    with pytest.raises(Waiting):
+        build_split("train", rows, tmp_path / "two", 3, 3, maker(1), LOG, 1, 2, barrier_of_process_1)
+    table, stats = build_split("train", rows, tmp_path / "two", 3, 3, maker(0), LOG, 0, 2)
+    assert made == {1: [1, 3, 5], 0: [0, 2, 4]}  # 16 rows in shards of 3: six shards
+    one, one_stats = build_split("train", rows, tmp_path / "one", 3, 3, maker(0), LOG)
+    assert table.equals(one) and stats == one_stats == Counter(input=16, kept=16)
+
+
 def test_empty_split(tmp_path):
     table, stats = build_split("val", [], tmp_path / "shards", 8, 0, never, LOG)
     assert table.num_rows == 0 and table.schema.equals(VISU) and not stats

@@ -18,7 +18,8 @@ SCALE = "0.05"
 # and the loops that base.scale leaves long cut further: SFT's epochs (unscaled by design) and base_sd's VAE and
 # UNet steps (10 each, base.scale's floor). The code paths are the same; quality at CI scale is not checked here.
 CI = [f"base.scale={SCALE}", "base.num_threads=1", "sft.epochs=20", "sft.learning_rate=0.003",
-      "base_sd.world.vae.steps=200", "base_sd.world.unet.steps=200"]
+      "base_sd.world.vae.steps=200", "base_sd.world.unet.steps=200",
+      "visu.shard_size=16"]  # several shards a split, for the 2-process visu test
 METHODS = ("safe_clip", "safer_clip", "uwm")
 pytestmark = pytest.mark.slow
 
@@ -235,3 +236,32 @@ def test_make_safe_with_two_processes(repo: Path, method: str) -> None:
     assert "[rank 1]" in proc.stderr, proc.stderr[-3000:]
     assert (repo / f"models/safe/{method}/model.safetensors").is_file()
     assert metrics(repo, f"make_safe/{method}")[f"make_safe.{method}.steps"] > 0
+
+
+def test_visu_with_two_processes_builds_the_same_split(repo: Path, tmp_path: Path) -> None:
+    """visu under `accelerate launch` (one process per GPU in the paper setup): each process makes every other
+    shard and the main one writes the split, the same table the fixture's one process made (a shard's randomness
+    comes from its index). The fixture's outputs are put back afterwards."""
+    import pyarrow.parquet as pq
+
+    assert metrics(repo, "visu")["visu.train.input"] > 2 * 16  # CI's 16-row shards: some for both processes
+    saved = tmp_path / "saved"
+    for rel in ("data/visu", "metrics/visu.json", "params.yaml"):
+        (saved / rel).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (repo / rel).is_dir() else shutil.copy2)(repo / rel, saved / rel)
+    try:
+        run([sys.executable, "-m", "safeclip.profiles", *CI, "base.num_processes=2"], repo)
+        shutil.rmtree(repo / "data/visu")
+        shutil.rmtree(repo / "checkpoints/visu", ignore_errors=True)
+        proc = run([sys.executable, "-m", "safeclip.launch", "stages.visu"], repo)
+        assert "[rank 1]" in proc.stderr and "process 1 of 2" in proc.stderr, proc.stderr[-3000:]
+        for split in ("train", "val", "test"):
+            two, one = (pq.read_table(r / f"data/visu/{split}.parquet") for r in (repo, saved))
+            assert two.num_rows > 0 and two.equals(one), split
+        assert json.loads((repo / "metrics/visu.json").read_text()) == \
+            json.loads((saved / "metrics/visu.json").read_text())
+    finally:
+        for rel in ("data/visu", "metrics/visu.json", "params.yaml"):
+            if (repo / rel).is_dir():
+                shutil.rmtree(repo / rel)
+            (shutil.copytree if (saved / rel).is_dir() else shutil.copy2)(saved / rel, repo / rel)
