@@ -86,7 +86,8 @@ def main() -> None:
     cfg = params.visu
     from accelerate import PartialState
 
-    state = PartialState()  # several processes (base.num_processes, one per GPU) split the shards between them
+    # several processes (base.num_processes, one per GPU) split the shards; on the CPU (gloo) it must be told so
+    state = PartialState(cpu=params.base.device == "cpu")
     if state.num_processes > 1:
         log.info("process %d of %d (%s)", state.process_index, state.num_processes, state.distributed_type)
     world = params.captions.source == "world"
