@@ -91,8 +91,9 @@ def build_split(split: str, rows: list[dict], shard_dir: Path, shard_size: int, 
     """All shards of a split, reusing complete ones from an earlier (killed) run.
 
     Under several processes (`accelerate launch`, one per GPU) process `rank` makes shards rank, rank + n, ...;
-    every process calls this, and all return the whole split once every shard is written. A shard's randomness
-    comes from its index alone (seed * 100_003 + k), so the split is the same for any number of processes."""
+    every process calls this, and once every shard is written the main one (rank 0) returns the whole split, the
+    others an empty table (only the main one writes it). A shard's randomness comes from its index alone
+    (seed * 100_003 + k), so the split is the same for any number of processes."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         for stale in shard_dir.glob(f".{split}-*.tmp"):  # left by a run killed mid-write
@@ -107,6 +108,8 @@ def build_split(split: str, rows: list[dict], shard_dir: Path, shard_size: int, 
         write_json(paths[k].with_suffix(".json"), dict(stats))
         write_parquet(paths[k], out, VISU)  # last: its presence marks the shard complete
     barrier()  # every shard written
+    if rank != 0:
+        return VISU.empty_table(), Counter()
     tables, total = [], Counter()
     for path in paths:
         try:
@@ -114,7 +117,7 @@ def build_split(split: str, rows: list[dict], shard_dir: Path, shard_size: int, 
         except InputError as e:
             raise InputError(f"visu shard {e}; delete the shard to regenerate it") from e
         total.update(json.loads(path.with_suffix(".json").read_text()))
-    if any(done) and rank == 0:
+    if any(done):
         log.info("%s: resumed, reusing %d of %d complete shards", split, sum(done), n_shards)
     table = pa.concat_tables(tables) if tables else VISU.empty_table()
     return table, total

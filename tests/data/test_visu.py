@@ -321,6 +321,8 @@ def test_processes_make_every_nth_shard_and_return_the_split_one_process_makes(t
     assert made == {1: [1, 3, 5], 0: [0, 2, 4]}  # 16 rows in shards of 3: six shards
     one, one_stats = build_split("train", rows, tmp_path / "one", 3, 3, maker(0), LOG)
     assert table.equals(one) and stats == one_stats == Counter(input=16, kept=16)
+    rest, rest_stats = build_split("train", rows, tmp_path / "two", 3, 3, never, LOG, 1, 2)  # only rank 0 reads
+    assert rest.num_rows == 0 and rest.schema.equals(VISU) and not rest_stats
 
 
 def test_empty_split(tmp_path):
