@@ -49,14 +49,28 @@ class Log(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+# The widest glyph two objects can have without overlapping in the 3x3 grid
+MAX_GLYPH_FRACTION_SHARED = 0.34
+
+
 class World(Section):
     image_size: Literal[32, 64] = 32
-    glyph_fraction: Annotated[float, Field(gt=0.1, le=0.34)] = 0.32
+    glyph_fraction: Annotated[float, Field(gt=0.1, le=0.5)] = 0.45
     size_jitter: NonNegInt = 1
     position_jitter: NonNegInt = 1
     colour_jitter: Annotated[int, Field(ge=0, le=60)] = 18
     noise_std: Annotated[float, Field(ge=0, le=50)] = 6.0
     max_objects: Annotated[int, Field(ge=1, le=2)] = 1
+
+    @model_validator(mode="after")
+    def _glyphs_fit_their_cells(self) -> World:
+        """Two objects sit in distinct cells of the 3x3 grid, so a glyph wider than a cell (a third of the canvas,
+        less the jitter) would overlap its neighbour and the judge could not tell which object is where. A lone
+        object may be larger: the glyph, not the grid, is what a tiny generator has to learn to draw."""
+        if self.max_objects > 1 and self.glyph_fraction > MAX_GLYPH_FRACTION_SHARED:
+            raise ValueError(f"world.glyph_fraction {self.glyph_fraction} > {MAX_GLYPH_FRACTION_SHARED} with "
+                             f"world.max_objects {self.max_objects}: glyphs of two objects would overlap")
+        return self
 
 
 class Ingest(Section):
@@ -370,9 +384,10 @@ class WorldUnet(Section):
     global_text: bool = False
     attention_head_dim: PosInt = 8
     norm_num_groups: PosInt = 8
-    # Object drawing is learnt late: at 2000 steps unsafe prompts were judged unsafe 13% of the time (as often
-    # as safe ones), at 4000 steps 54% (safe 8%); 5000 leaves a margin (~25 min on one CPU thread)
-    steps: PosInt = 5000
+    # Object drawing is learnt late. With 10-px glyphs (world.glyph_fraction 0.32) unsafe prompts were judged
+    # unsafe 13% of the time at 2000 steps and 54% at 4000, so 5000 was the default; 14-px glyphs (0.45) draw
+    # objects about twice as soon (object 14 -> 28% at 2000 steps, README), so 3000 keeps that margin
+    steps: PosInt = 3000
     batch_size: PosInt = 32
     learning_rate: PosFloat = 2e-3
     warmup_steps: NonNegInt = 100

@@ -38,7 +38,7 @@ def _star_points(n: int, r_out: float, r_in: float) -> list[tuple[float, float]]
 
 
 def _draw_glyph(glyph: str, d: ImageDraw.ImageDraw, s: int) -> None:
-    """Glyphs in the unit square; bold strokes so they survive 10-pixel rendering."""
+    """Glyphs in the unit square; bold strokes so they survive 10- to 15-pixel rendering."""
     e = lambda x0, y0, x1, y1: d.ellipse([x0 * s, y0 * s, x1 * s - 1, y1 * s - 1], fill=255)  # noqa: E731
     hole = lambda x0, y0, x1, y1: d.ellipse([x0 * s, y0 * s, x1 * s - 1, y1 * s - 1], fill=0)  # noqa: E731
     match glyph:
@@ -115,7 +115,7 @@ def glyph_mask(glyph: str, size: int) -> np.ndarray:
 @dataclass(frozen=True)
 class RenderConfig:
     image_size: int = 32
-    glyph_fraction: float = 0.32  # glyph side as a fraction of the canvas
+    glyph_fraction: float = 0.45  # glyph side as a fraction of the canvas (params.World: the same default)
     size_jitter: int = 1  # pixels, +-
     position_jitter: int = 1  # pixels, +-
     colour_jitter: int = 18  # per channel, +-

@@ -189,3 +189,11 @@ def test_q16_among_visu_judges_needs_the_evaluations_q16_prompts(tmp_path):
     ok = load_params(write(tmp_path, "visu:\n  images:\n    judges: [q16]\njudge:\n"
                                      "  q16_prompts: data/q16/q16.safetensors\n"))
     assert ok.visu.images.judges == ["q16"]
+
+
+def test_a_lone_object_may_have_a_glyph_wider_than_a_cell_but_two_objects_may_not(tmp_path):
+    assert load_params(write(tmp_path, "world:\n  glyph_fraction: 0.45\n")).world.glyph_fraction == 0.45
+    msg = error(write(tmp_path, "world:\n  glyph_fraction: 0.45\n  max_objects: 2\n"))
+    assert "world.glyph_fraction 0.45 > 0.34 with world.max_objects 2: glyphs of two objects would overlap" in msg
+    assert load_params(write(tmp_path, "world:\n  glyph_fraction: 0.34\n  max_objects: 2\n")).world.max_objects == 2
+    assert "world.glyph_fraction" in error(write(tmp_path, "world:\n  glyph_fraction: 0.55\n"))

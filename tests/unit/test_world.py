@@ -181,7 +181,8 @@ def test_render_noiseless_square_hand_computed():
 
     The square glyph covers 0.1..0.9 of its box: pixels 1..8 of the 10-pixel box are fully covered.
     """
-    cfg = RenderConfig(image_size=32, size_jitter=0, position_jitter=0, colour_jitter=0, noise_std=0.0)
+    cfg = RenderConfig(image_size=32, glyph_fraction=0.32, size_jitter=0, position_jitter=0, colour_jitter=0,
+                       noise_std=0.0)
     img = render(one("square", "red", "centre", "blue"), 123, cfg)
     expected = np.empty((32, 32, 3), np.uint8)
     expected[:] = BACKGROUNDS["blue"]
@@ -190,15 +191,20 @@ def test_render_noiseless_square_hand_computed():
 
 
 def _box(position: str, cfg: RenderConfig) -> tuple[slice, slice]:
-    """Every pixel the glyph at `position` can touch, whatever the size and position jitter."""
+    """Every pixel the glyph at `position` can touch, whatever the size and position jitter (a glyph wider than
+    its cell is pushed back inside the canvas at the edges)."""
     n = cfg.image_size
-    half = (round(cfg.glyph_fraction * n) + cfg.size_jitter) / 2
+    base = round(cfg.glyph_fraction * n)
     col, row = POSITIONS[position]
-    cx, cy = (col + 0.5) * n / 3, (row + 0.5) * n / 3
-    pad = cfg.position_jitter + 1
-    lo = lambda c: max(0, int(np.floor(c - half - pad)))  # noqa: E731
-    hi = lambda c: min(n, int(np.ceil(c + half + pad)))  # noqa: E731
-    return slice(lo(cy), hi(cy)), slice(lo(cx), hi(cx))
+
+    def span(c: float) -> slice:
+        starts_ends = [(x0, x0 + side)
+                       for side in range(base - cfg.size_jitter, base + cfg.size_jitter + 1)
+                       for d in range(-cfg.position_jitter, cfg.position_jitter + 1)
+                       for x0 in [min(max(int(round(c - side / 2 + d)), 0), n - side)]]
+        return slice(min(a for a, _ in starts_ends), max(b for _, b in starts_ends))
+
+    return span((row + 0.5) * n / 3), span((col + 0.5) * n / 3)
 
 
 @pytest.mark.parametrize("size", [32, 64])
