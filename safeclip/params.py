@@ -486,7 +486,7 @@ class EvalGeneration(Section):
     images_per_prompt: PosInt = 1  # I2P convention: 10
     seeds: list[NonNegInt] = [0]  # each seed x images_per_prompt images per prompt
     sampler: Literal["pipeline", "dpm_solver"] = "pipeline"  # the pipeline's own scheduler, or DPM-Solver++ 2M
-    num_inference_steps: PosInt = 20  # world DDIM: as good as 25 on the judge's rates, 15 is not
+    num_inference_steps: PosInt = 10  # world DDIM: as good as 20 on the judge's rates (README), at half the cost
     guidance_scale: PosFloat = 5.0
     guidance_rescale: Annotated[float, Field(ge=0, le=1)] = 0.0
     height: PosInt | None = None  # null: the UNet's native size
