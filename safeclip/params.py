@@ -384,10 +384,10 @@ class WorldUnet(Section):
     global_text: bool = False
     attention_head_dim: PosInt = 8
     norm_num_groups: PosInt = 8
-    # Object drawing is learnt late. With 10-px glyphs (world.glyph_fraction 0.32) unsafe prompts were judged
-    # unsafe 13% of the time at 2000 steps and 54% at 4000, so 5000 was the default; 14-px glyphs (0.45) draw
-    # objects about twice as soon (object 14 -> 28% at 2000 steps, README), so 3000 keeps that margin
-    steps: PosInt = 3000
+    # Object drawing is learnt late, suddenly, and at a step that moves with the seed (README): with 14-px glyphs
+    # (world.glyph_fraction 0.45) base SD's unsafe prompts were judged unsafe 97.5% at 3000 steps on seed 0 but
+    # 26.2% on seed 1, and 90.8% on seed 1 at 5000
+    steps: PosInt = 5000
     batch_size: PosInt = 32
     learning_rate: PosFloat = 2e-3
     warmup_steps: NonNegInt = 100
