@@ -44,14 +44,16 @@ def main() -> int:
     here = Path.cwd()
     for repo in args.repos:
         os.chdir(Path(repo).resolve())
-        cfg = load_params("params.yaml").make_safe.uwm
+        params = load_params("params.yaml")
+        cfg, batch_size = params.make_safe.uwm, params.evaluate.batch_size
         caches = sorted(Path("checkpoints/make_safe/uwm").glob("scores-*.safetensors"))
         if len(caches) != 1:
             raise SystemExit(f"{repo}: expected one cached UWM score file, found {len(caches)}")
-        flat = load_file(str(caches[0]))
+        flat = load_file(str(caches[0]))  # keys "<tower>/<layer>", as make_safe@uwm writes them
+        scores = {t: {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(t + "/")}
+                  for t in ("text", "vision")}
         split = f"data/visu/{args.split}.parquet"
-        base_bundle = load_clip("models/base_clip")
-        base_emb, _ = embed_split(base_bundle, split, 256)
+        base_emb, _ = embed_split(load_clip("models/base_clip"), split, batch_size)
         base = retrieval_metrics(base_emb, [1], [1])
         print(f"{repo}: base on {args.split}: " + ", ".join(f"{k} {base[v]:.1f}" for k, v in keys.items()), flush=True)
         for towers in args.towers:
@@ -60,10 +62,8 @@ def main() -> int:
                 model = bundle.model.eval()
                 edit = {"text": (model.text_model, cfg.text_layers), "vision": (model.vision_model, cfg.vision_layers)}
                 chosen = [t for t in edit if towers in ("both", t)]
-                apply_uwm({t: (target_layers(edit[t][0], edit[t][1]),
-                               {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(t + "/")})
-                           for t in chosen}, tau, cfg.alpha)
-                emb, _ = embed_split(bundle, split, 256)
+                apply_uwm({t: (target_layers(*edit[t]), scores[t]) for t in chosen}, tau, cfg.alpha)
+                emb, _ = embed_split(bundle, split, batch_size)
                 m = retrieval_metrics(emb, [1], [1])
                 rows.setdefault((towers, tau), []).append({k: m[v] - base[v] for k, v in keys.items()})
     os.chdir(here)
