@@ -362,9 +362,10 @@ class Evaluate(Section):
 
 
 class WorldVae(Section):
-    """The world's AutoencoderKL: 32 px -> 4x16x16 latents (an 8x8 bottleneck lost the glyphs, see README)."""
-    block_out_channels: list[PosInt] = [16, 32]
-    latent_channels: PosInt = 4
+    """The world's AutoencoderKL: 32 px -> 8x8x8 latents. With 14-px glyphs an 8x8 grid keeps the object in 90% of
+    the reconstructions, and a UNet on it learns objects in half the steps at half the step cost (README)."""
+    block_out_channels: list[PosInt] = [16, 32, 64]
+    latent_channels: PosInt = 8
     norm_num_groups: PosInt = 8
     steps: PosInt = 1000
     batch_size: PosInt = 32
@@ -378,16 +379,16 @@ class WorldUnet(Section):
     """The world's UNet2DConditionModel (~1M params): cross-attention on the frozen base CLIP text tower."""
     block_out_channels: list[PosInt] = [32, 64]
     layers_per_block: PosInt = 1
-    cross_attention_levels: PosInt = 1  # resolution levels with cross-attention, counted from the lowest
+    cross_attention_levels: PosInt = 2  # resolution levels with cross-attention, counted from the lowest
     # Also condition every ResNet block on the prompt through the time embedding (diffusers'
     # addition_embed_type="text": an attention pool of the text states), as well as through cross-attention
     global_text: bool = False
     attention_head_dim: PosInt = 8
     norm_num_groups: PosInt = 8
-    # Object drawing is learnt late, suddenly, and at a step that moves with the seed (README): with 14-px glyphs
-    # (world.glyph_fraction 0.45) base SD's unsafe prompts were judged unsafe 97.5% at 3000 steps on seed 0 but
-    # 26.2% on seed 1, and 90.8% on seed 1 at 5000
-    steps: PosInt = 5000
+    # Object drawing is learnt late, and at a step that moves with the seed (README). On 8x8x8 latents with
+    # cross-attention at both levels, base SD's unsafe prompts were judged unsafe 85.8% at 2500 steps on seed 0,
+    # and 37.9 / 57.9 / 82.9% at 2500 / 3000 / 4000 on seed 1
+    steps: PosInt = 4000
     batch_size: PosInt = 32
     learning_rate: PosFloat = 2e-3
     warmup_steps: NonNegInt = 100

@@ -28,8 +28,9 @@ def latent_size(vae_cfg: WorldVae, image_size: int) -> int:
 
 def build_unet(cfg: WorldUnet, sample_size: int, latent_channels: int,
                cross_attention_dim: int) -> UNet2DConditionModel:
-    """Cross-attention only at the lowest resolution (and the mid block): the glyph/word binding happens there,
-    and attention at full latent resolution tripled the step time for no gain in the prototype."""
+    """Cross-attention on the `cross_attention_levels` lowest resolutions (and the mid block): on the world's 8x8
+    latents both levels (8x8, 4x4), where the glyph/word binding happens; on 16x16 latents attention at full
+    resolution tripled the step time for no gain."""
     n, k = len(cfg.block_out_channels), min(cfg.cross_attention_levels, len(cfg.block_out_channels))
     down = ("DownBlock2D",) * (n - k) + ("CrossAttnDownBlock2D",) * k
     up = ("CrossAttnUpBlock2D",) * k + ("UpBlock2D",) * (n - k)
