@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 
 def main() -> None:
@@ -72,6 +73,13 @@ def main() -> None:
         compose(Path(tmp) / "params.yaml", args.set, repo)
         params = load_params(Path(tmp) / "params.yaml")
     w, seed, size = params.base_sd.world, params.base.seed, params.world.image_size
+    # conf/ carries the default seed: a run whose params.yaml was set to another seed by hand (its base CLIP, judge
+    # and held-out scenes drawn under that seed) would otherwise be probed with a VAE and UNet of the wrong seed
+    repo_seed = ((yaml.safe_load((repo / "params.yaml").read_text()) or {}).get("base") or {}).get("seed") \
+        if (repo / "params.yaml").exists() else None
+    if repo_seed is not None and repo_seed != seed:
+        print(f"sd_curve: warning: {repo / 'params.yaml'} has base.seed {repo_seed}, conf/ composes {seed}: pass "
+              f"--set base.seed={repo_seed} to train at the run's seed", file=sys.stderr, flush=True)
     gen_cfg = params.eval_generation
     log = logging.getLogger("sd_curve")
     logging.basicConfig(level=logging.WARNING)
@@ -182,7 +190,7 @@ def main() -> None:
     steps = args.steps or w.unet.steps
     print(json.dumps({"render_s": round(render_s, 1), "vae_s": round(vae_s, 1), "train_images": len(images),
                       "unet_params": sum(p.numel() for p in unet.parameters()), "steps": steps,
-                      "set": args.set}), flush=True)
+                      "seed": seed, "set": args.set}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         acc = make_accelerator(params.base)
         state = TrainState(acc, Path(tmp) / "unet", fingerprint("probe.unet", args.set), log)
