@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 
 def main() -> None:
@@ -75,8 +74,7 @@ def main() -> None:
     w, seed, size = params.base_sd.world, params.base.seed, params.world.image_size
     # conf/ carries the default seed: a run whose params.yaml was set to another seed by hand (its base CLIP, judge
     # and held-out scenes drawn under that seed) would otherwise be probed with a VAE and UNet of the wrong seed
-    repo_seed = ((yaml.safe_load((repo / "params.yaml").read_text()) or {}).get("base") or {}).get("seed") \
-        if (repo / "params.yaml").exists() else None
+    repo_seed = load_params(repo / "params.yaml").base.seed if (repo / "params.yaml").exists() else None
     if repo_seed is not None and repo_seed != seed:
         print(f"sd_curve: warning: {repo / 'params.yaml'} has base.seed {repo_seed}, conf/ composes {seed}: pass "
               f"--set base.seed={repo_seed} to train at the run's seed", file=sys.stderr, flush=True)
