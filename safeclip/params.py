@@ -369,14 +369,16 @@ class WorldVae(Section):
     norm_num_groups: PosInt = 8
     steps: PosInt = 1000
     batch_size: PosInt = 32
-    learning_rate: PosFloat = 1e-3
+    # 1e-3 left seed 2's VAE at 20.5 dB held-out PSNR (colour kept in half its reconstructions); 5e-4 gave 24.6 /
+    # 24.2 / 22.7 dB on seeds 0 / 1 / 2 (1e-3: 24.8 / 24.5 / 20.5), 3e-4 was slower to converge
+    learning_rate: PosFloat = 5e-4
     l1_weight: Annotated[float, Field(ge=0)] = 0.1
     kl_weight: Annotated[float, Field(ge=0)] = 1e-4
     save_every: PosInt = 200
 
 
 class WorldUnet(Section):
-    """The world's UNet2DConditionModel (~1M params): cross-attention on the frozen base CLIP text tower."""
+    """The world's UNet2DConditionModel (~1.1M params): cross-attention on the frozen base CLIP text tower."""
     block_out_channels: list[PosInt] = [32, 64]
     layers_per_block: PosInt = 1
     cross_attention_levels: PosInt = 2  # resolution levels with cross-attention, counted from the lowest
@@ -385,11 +387,11 @@ class WorldUnet(Section):
     global_text: bool = False
     attention_head_dim: PosInt = 8
     norm_num_groups: PosInt = 8
-    # Object drawing is learnt late, and at a step that moves with the seed (README). On 8x8x8 latents with
-    # cross-attention at both levels, base SD's unsafe prompts were judged unsafe 85.8% at 2500 steps on seed 0,
-    # and 37.9 / 57.9 / 82.9% at 2500 / 3000 / 4000 on seed 1
-    steps: PosInt = 4000
-    batch_size: PosInt = 32
+    # Object drawing is learnt late, at a step that moves with the seed, and sooner per second at batch 64 than at
+    # 32 (README): on seed 1 (the late one) the judge read the object on 120 held-out prompts 39% after 3,000
+    # steps at batch 32 (302 s) and 79% after 2,000 at batch 64 (355 s); batch 128 was no better per second
+    steps: PosInt = 2000
+    batch_size: PosInt = 64
     learning_rate: PosFloat = 2e-3
     warmup_steps: NonNegInt = 100
     # `cosine` decays the lr to 0 at the last step: a short budget ends in a sharp minimum instead of mid-descent
