@@ -2,7 +2,11 @@
 of the full pipeline (DDIM, classifier-free guidance) at batch 1 vs the eval_generation batch. Built from the
 params' configs with random weights, so it runs before `base_sd` has trained anything.
 
-    python benchmarks/sd_throughput.py [--steps 20] [--images 60] [--threads N]
+    python benchmarks/sd_throughput.py [--steps 20] [--images 60] [--threads N] [--compile] [--channels-last]
+                                       [--unet-channels 24 48] [--batch 64] [--skip-generation]
+
+`--compile` (torch.compile, inductor: needs a C++ compiler) and `--channels-last` measure the training levers the
+stage does not use; `--unet-channels` and `--batch` measure other UNet shapes without editing params.yaml.
 """
 
 from __future__ import annotations
@@ -53,22 +57,41 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--images", type=int, default=60)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--unet-channels", type=int, nargs="+", default=None)
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--skip-generation", action="store_true")
     args = ap.parse_args()
     params = load_params()
     threads = args.threads or params.base.num_threads
     torch.set_num_threads(threads)
     w, g = params.base_sd.world, params.eval_generation
+    unet_cfg = w.unet.model_copy(update={k: v for k, v in (("block_out_channels", args.unet_channels),
+                                                            ("batch_size", args.batch)) if v is not None})
     clip = build_world_clip(params.base_clip.world, params.world.image_size)
     encoder = text_encoder(clip.model)
     vae = sd_models.build_vae(w.vae, params.world.image_size)
-    unet = sd_models.build_unet(w.unet, sd_models.latent_size(w.vae, params.world.image_size),
+    unet = sd_models.build_unet(unet_cfg, sd_models.latent_size(w.vae, params.world.image_size),
                                 w.vae.latent_channels, encoder.config.hidden_size)
     sched = sd_models.train_scheduler(w)
-    states = torch.randn(w.unet.batch_size, clip.tokenizer.model_max_length, encoder.config.hidden_size)
-    sps = unet_steps_per_second(unet, sched, w.unet.batch_size, states, args.steps)
-    print(f"threads={threads} unet params={sum(p.numel() for p in unet.parameters()):,}")
-    print(f"UNet training: {sps:6.2f} steps/s at batch {w.unet.batch_size} ({sps * w.unet.batch_size:7.1f} samples/s); "
-          f"{w.unet.steps} steps = {w.unet.steps / sps / 60:5.1f} min")
+    batch = unet_cfg.batch_size
+    states = torch.randn(batch, clip.tokenizer.model_max_length, encoder.config.hidden_size)
+    trained = unet
+    if args.channels_last:
+        trained = trained.to(memory_format=torch.channels_last)
+    if args.compile:
+        start = time.perf_counter()
+        trained = torch.compile(trained)
+        unet_steps_per_second(trained, sched, batch, states, 1)
+        print(f"torch.compile: first steps {time.perf_counter() - start:.1f} s")
+    sps = unet_steps_per_second(trained, sched, batch, states, args.steps)
+    print(f"threads={threads} unet params={sum(p.numel() for p in unet.parameters()):,} channels "
+          f"{unet_cfg.block_out_channels} compile={args.compile} channels_last={args.channels_last}")
+    print(f"UNet training: {sps:6.2f} steps/s at batch {batch} ({sps * batch:7.1f} samples/s); "
+          f"{unet_cfg.steps} steps = {unet_cfg.steps / sps / 60:5.1f} min")
+    if args.skip_generation:
+        return
     pipe = assemble(vae, unet.eval(), encoder, clip.tokenizer, sd_models.sample_scheduler(sched))
     pipe.set_progress_bar_config(disable=True)
     prompts = ["a red circle on the left on a blue background"] * args.images

@@ -32,6 +32,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from safetensors.torch import load_file
+    from sweep_table import cells
 
     from safeclip.clip.model import load_clip
     from safeclip.eval.embed import embed_split
@@ -69,11 +70,7 @@ def main() -> int:
     os.chdir(here)
     print(f"\n{'towers':8} {'tau':>6}  " + "  ".join(f"{k + ' gain':>22}" for k in keys) + "   (per repo; mean)")
     for (towers, tau), gains in rows.items():
-        cells = []
-        for k in keys:
-            per = [g[k] for g in gains]
-            cells.append(f"{'/'.join(f'{x:+.1f}' for x in per)} ({sum(per) / len(per):+.1f})")
-        print(f"{towers:8} {tau:6.3f}  " + "  ".join(f"{c:>22}" for c in cells))
+        print(f"{towers:8} {tau:6.3f}  " + "  ".join(f"{c:>22}" for c in cells(gains, list(keys), signed=True)))
     return 0
 
 
