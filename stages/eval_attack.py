@@ -8,15 +8,25 @@ from pathlib import Path
 
 from safeclip.checkpoint import file_digest, fingerprint, prepare_checkpoint_dir
 from safeclip.clip.model import load_clip
-from safeclip.eval.attack_generation import draw_and_judge, write_images
+from safeclip.eval.attack_generation import BASE_SD, draw_and_judge, write_images
 from safeclip.eval.attack_suite import mixed_gallery, pick_prompts, run_attack_suite, write_prompts
 from safeclip.eval.embed import BASE, embeddings_path, load_embeddings, model_path
 from safeclip.io import InputError, atomic_dir, write_metrics, write_plot_csv
+from safeclip.params import Params
 from safeclip.runtime import compute_device, scaled
 from safeclip.stage import entry_point, option, run_stage, start
 from safeclip.world.catalogue import UNSAFE_OBJECTS
 
 TEST = "data/visu/test.parquet"
+
+
+def checkpoint_fingerprint(params: Params, name: str, banned: list[str]) -> str:
+    """What the checkpoint's search state and image shards were made from. The shards are drawn by base SD: a
+    retrained generator must not resume them (it did until stop 38, so attack images outlived a base_sd change)."""
+    return fingerprint("eval_attack", params.eval_attack.model_dump(), params.base.model_dump(),
+                       params.eval_generation.model_dump(), file_digest(model_path(name)),
+                       file_digest(embeddings_path(name)), file_digest(embeddings_path(BASE)), file_digest(TEST),
+                       file_digest(BASE_SD), banned)
 
 
 @entry_point
@@ -37,10 +47,7 @@ def main() -> None:
     bundle = load_clip(model_path(name))
     bundle.model.to(device)
     ckpt = Path("checkpoints/eval_attack") / name
-    fp = fingerprint("eval_attack", cfg.model_dump(), params.base.model_dump(), params.eval_generation.model_dump(),
-                     file_digest(model_path(name)), file_digest(embeddings_path(name)),
-                     file_digest(embeddings_path(BASE)), file_digest(TEST), banned)
-    prepare_checkpoint_dir(ckpt, fp, log)
+    prepare_checkpoint_dir(ckpt, checkpoint_fingerprint(params, name, banned), log)
     suite = run_attack_suite(bundle, picked.captions, base["text_unsafe"][picked.rows],
                              {"own": mixed_gallery(own), "text_only": mixed_gallery(base)}, cfg, banned, seed,
                              ckpt, log, params.evaluate.batch_size)

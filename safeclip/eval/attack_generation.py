@@ -33,6 +33,8 @@ IMAGES = pa.schema([
 ])
 
 
+BASE_SD = "models/base_sd"  # the generator the attacked prompts are drawn with
+
 def variants(budget: int) -> list[str]:
     return ["clean", *(f"{mode}.k{budget}" for mode in MODES)]
 
@@ -51,7 +53,7 @@ def draw_and_judge(bundle: ClipBundle, model_dir: str, suite: SuiteResult, picke
                    device: str, shard_dir: Path, log: logging.Logger) -> tuple[dict[str, float], list[dict] | None]:
     """`attack.gen.<variant>.*` rates and the image rows; `attack.gen.skipped` when the tower cannot drive the UNet."""
     gen = params.eval_generation
-    pipe = use_sampler(load_pipeline("models/base_sd", DTYPES[gen.dtype]), gen.sampler)
+    pipe = use_sampler(load_pipeline(BASE_SD, DTYPES[gen.dtype]), gen.sampler)
     tower = text_encoder(bundle.model)
     if text_width(tower) != unet_width(pipe.unet):
         log.warning("attack images skipped: text width %d, UNet cross-attention width %d (see eval_generation)",
