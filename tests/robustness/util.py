@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -110,7 +111,27 @@ def _reset_logging() -> None:
         logging.root.removeHandler(h)
 
 
+def private_tqdm_lock() -> None:
+    """Give this process tqdm write locks of its own.
+
+    tqdm guards every bar with a multiprocessing RLock that all processes forked from one share (and a thread
+    RLock whose held state a fork copies). A child SIGKILLed while it held the shared lock leaves it held for
+    good, and every later child then blocks on its first progress bar: `make test-fast` (one process) hung in
+    test_visu_shards_of_another_model_are_not_reused that way, after the kill tests before it."""
+    from tqdm import std
+
+    std.TqdmDefaultWriteLock.th_lock = threading.RLock()
+    std.TqdmDefaultWriteLock.mp_lock = multiprocessing.RLock()
+    lock = std.TqdmDefaultWriteLock()
+    classes = [std.tqdm]
+    while classes:  # tqdm.auto's and other subclasses may hold a lock of their own
+        cls = classes.pop()
+        cls.set_lock(lock)
+        classes.extend(cls.__subclasses__())
+
+
 def _child(ws: str, module: str, args: tuple[str, ...], log: str) -> None:
+    private_tqdm_lock()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
