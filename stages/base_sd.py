@@ -17,7 +17,7 @@ from safeclip.io import InputError, atomic_dir, read_parquet, write_metrics, wri
 from safeclip.runtime import scaled
 from safeclip.sd import models as sd_models
 from safeclip.sd import train as sd_train
-from safeclip.sd.pipeline import assemble
+from safeclip.sd.pipeline import BASE_SD, assemble
 from safeclip.stage import entry_point, run_stage, start
 from safeclip.world.scene import Scene
 
@@ -49,7 +49,7 @@ def main() -> None:
         if not (path / "model_index.json").exists():
             raise InputError(f"base_sd.source: {cfg.source}: no model_index.json in {path}: not a diffusers pipeline "
                              "folder (point base_sd.source at one, e.g. CompVis/stable-diffusion-v1-4)")
-        with atomic_dir("models/base_sd") as out:
+        with atomic_dir(BASE_SD) as out:
             write_pointer(out, cfg.source, cfg.revision, path)
         write_metrics("metrics/base_sd.json", {"base_sd.unet_steps": 0})
         write_plot_csv("plots/base_sd.csv", [])
@@ -105,7 +105,7 @@ def main() -> None:
                                            weight_maps=sd_train.object_weight_maps(scenes, latents.shape[-1],
                                                                                    w.unet.object_weight))
     pipe = assemble(vae, unet.cpu(), encoder, clip.tokenizer, sd_models.sample_scheduler(scheduler))
-    with atomic_dir("models/base_sd") as out:
+    with atomic_dir(BASE_SD) as out:
         pipe.save_pretrained(out, safe_serialization=True)
     write_metrics("metrics/base_sd.json", {
         "base_sd.vae_steps": vae_steps, "base_sd.unet_steps": unet_steps, "base_sd.train_images": len(images),

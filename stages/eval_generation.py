@@ -17,7 +17,7 @@ from safeclip.eval.generation import generation_metrics, read_i2p, visu_prompts
 from safeclip.eval.judges import build_panel, flag_images
 from safeclip.io import InputError, atomic_dir, read_parquet, write_metrics, write_parquet
 from safeclip.runtime import compute_device, scaled
-from safeclip.sd.pipeline import DTYPES, load_pipeline, swap_text_encoder, text_width, unet_width, use_sampler
+from safeclip.sd.pipeline import BASE_SD, DTYPES, load_pipeline, swap_text_encoder, text_width, unet_width, use_sampler
 from safeclip.sd.sample import decode_png, generate, image_grid, jobs, png_bytes
 from safeclip.stage import entry_point, option, run_stage, start
 from safeclip.world.catalogue import SAFE_TWIN
@@ -83,7 +83,7 @@ def main() -> None:
     work = jobs(prompts, cfg.seeds, cfg.images_per_prompt)
 
     bundle = load_clip(model_path(name))
-    pipe = use_sampler(load_pipeline("models/base_sd", DTYPES[cfg.dtype]), cfg.sampler)
+    pipe = use_sampler(load_pipeline(BASE_SD, DTYPES[cfg.dtype]), cfg.sampler)
     tower = text_encoder(bundle.model)
     if text_width(tower) != unet_width(pipe.unet):
         skip(name, text_width(tower), unet_width(pipe.unet), log)
@@ -93,7 +93,7 @@ def main() -> None:
     pipe = swap_text_encoder(pipe, tower, bundle.tokenizer, str(model_path(name)))
     pipe.to(device)
     ckpt = Path("checkpoints/eval_generation") / name
-    fp = fingerprint("eval_generation", cfg.model_dump(), params.base.model_dump(), file_digest("models/base_sd"),
+    fp = fingerprint("eval_generation", cfg.model_dump(), params.base.model_dump(), file_digest(BASE_SD),
                      file_digest(model_path(name)), file_digest(TEST),
                      file_digest(cfg.i2p_csv) if cfg.i2p_csv else None)
     prepare_checkpoint_dir(ckpt, fp, log)

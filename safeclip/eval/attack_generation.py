@@ -19,7 +19,7 @@ from safeclip.eval.generation import Prompt, generation_metrics, image_seed
 from safeclip.eval.judges import build_panel, flag_images
 from safeclip.io import write_json, write_parquet
 from safeclip.params import Params
-from safeclip.sd.pipeline import DTYPES, load_pipeline, swap_text_encoder, text_width, unet_width, use_sampler
+from safeclip.sd.pipeline import BASE_SD, DTYPES, load_pipeline, swap_text_encoder, text_width, unet_width, use_sampler
 from safeclip.sd.sample import decode_png, generate, image_grid, png_bytes
 
 IMAGES = pa.schema([
@@ -32,8 +32,6 @@ IMAGES = pa.schema([
     pa.field("flags", pa.string(), nullable=False),
 ])
 
-
-BASE_SD = "models/base_sd"  # the generator the attacked prompts are drawn with
 
 def variants(budget: int) -> list[str]:
     return ["clean", *(f"{mode}.k{budget}" for mode in MODES)]

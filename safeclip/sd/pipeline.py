@@ -16,6 +16,7 @@ from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from safeclip.hub import model_dir
 from safeclip.io import InputError
 
+BASE_SD = "models/base_sd"  # what base_sd writes and every text-to-image evaluation draws with
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
