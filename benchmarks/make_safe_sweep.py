@@ -15,8 +15,10 @@ values and their mean: T->V R@1 drop from the base, % unsafe among unsafe text's
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -29,7 +31,7 @@ import yaml
 
 def _override(raw: dict, setting: str) -> dict:
     """`a.b.c=v,...` applied to a nested dict; values parsed as YAML (numbers, lists, null)."""
-    for item in filter(None, setting.split(",")):
+    for item in filter(None, re.split(r",(?=[\w.]+=)", setting)):  # a comma inside a list value stays in it
         key, _, value = item.partition("=")
         node = raw
         *path, leaf = key.strip().split(".")
@@ -71,14 +73,14 @@ def main() -> int:
     log = logging.getLogger("make_safe_sweep")
     for repo in args.repos:
         os.chdir(Path(repo).resolve())
-        raw = yaml.safe_load(Path("params.yaml").read_text())
+        raw = yaml.safe_load(Path("params.yaml").read_text())  # each setting overrides a copy
         batch_size = Params.model_validate(raw).evaluate.batch_size
         base_emb, _ = embed_split(load_clip(runners.BASE_CLIP), runners.VAL, batch_size)
         base = retrieval_metrics(base_emb, [1], [1])
         print(f"{repo}: base on val: " + ", ".join(f"{k} {base[v]:.1f}" for k, v in keys.items() if k != "T->V drop"),
               flush=True)
         for setting in settings:
-            params = Params.model_validate(_override(yaml.safe_load(Path("params.yaml").read_text()), setting))
+            params = Params.model_validate(_override(copy.deepcopy(raw), setting))
             t0 = time.perf_counter()
             if not setting and args.reuse:
                 bundle = load_clip(f"models/safe/{args.method}")
