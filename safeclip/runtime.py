@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 
 import numpy as np
 
@@ -38,18 +39,37 @@ def setup(stage: str, seed: int, num_threads: int, log_level: str = "INFO") -> l
     rank = os.environ.get("RANK")
     fmt = f"%(asctime)s {stage}{f'[rank {rank}]' if rank else ''} %(levelname)s %(message)s"
     logging.basicConfig(level=log_level, format=fmt, datefmt="%H:%M:%S", force=True)
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    disable_progress_bars()
-    import datasets
-
-    datasets.disable_progress_bars()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    quiet_hf_libraries()
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return get_logger(stage)
+
+
+# The Hugging Face libraries' progress bars off and transformers' warnings down to errors, through the variables
+# each library reads when it is first imported.
+QUIET_HF_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+                "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def quiet_hf_libraries() -> None:
+    """Silence the HF libraries without importing any: through their environment variables for those not yet
+    imported (a value the user exported wins), through their functions for those already loaded.
+
+    `import datasets` alone took 0.5 s of each stage's ~3.5 s start, in stages that never use it; 27 stage
+    processes in the world DAG, and as many again in each end-to-end test run."""
+    for key, value in QUIET_HF_ENV.items():
+        os.environ.setdefault(key, value)
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 def is_main_process() -> bool:
