@@ -43,7 +43,8 @@ def main() -> None:
     prompts = [captions[i] for i in sorted(rng.permutation(len(captions))[:n])]
     samples = rewrite_sharded(model, tok, prompts, batch_size=max(1, cfg.sample_batch_size // cfg.k), do_sample=True,
                       temperature=cfg.temperature, top_p=cfg.top_p, num_return_sequences=cfg.k,
-                      seed=params.base.seed, max_new_tokens=cfg.eval.max_new_tokens)
+                      seed=params.base.seed, max_new_tokens=cfg.eval.max_new_tokens,
+                      cpu=params.base.device == "cpu")
     rows, all_good, no_good = [], 0, 0
     for safe, cands in zip(prompts, samples, strict=True):
         scored = scorer.score(safe, cands)

@@ -51,10 +51,13 @@ def shard_range(n: int, num_processes: int, rank: int) -> tuple[int, int]:
 
 
 def rewrite_sharded(model, tokenizer, safe_captions: Sequence[str], *, state=None, gather=None, seed: int = 0,
-                    **kwargs) -> list[list[str]]:
+                    cpu: bool = False, **kwargs) -> list[list[str]]:
     """`rewrite` with the captions split across the `accelerate launch` processes (each samples its slice on its
     own device) and gathered back in caption order on every rank, so every rank then builds the same preference
-    set. One process: exactly `rewrite`. Each rank draws from its own seed (seed, rank)."""
+    set. One process: exactly `rewrite`. Each rank draws from its own seed (seed, rank).
+
+    `cpu`: the processes run on the CPU (base.device `cpu`). accelerate must be told: without it each CPU process
+    sees a world of one and samples every caption itself."""
     if state is None:
         import os
 
@@ -62,7 +65,7 @@ def rewrite_sharded(model, tokenizer, safe_captions: Sequence[str], *, state=Non
             return rewrite(model, tokenizer, safe_captions, seed=seed, **kwargs)
         from accelerate import PartialState
 
-        state = PartialState()
+        state = PartialState(cpu=cpu)
     if state.num_processes == 1:
         return rewrite(model, tokenizer, safe_captions, seed=seed, **kwargs)
     if gather is None:
