@@ -1,5 +1,5 @@
-"""DVC stage entry points (`python -m stages.<name>`). Importing safeclip first pins the CPU kernels before
-any stage module imports torch (see safeclip/__init__.py).
+"""DVC stage entry points (`python -m stages.<name>`). Importing safeclip first sets the kernel pins, when
+SAFECLIP_KERNEL_PINS=1 asks for them, before any stage module imports torch (see safeclip/__init__.py).
 
 The collector's oldest generation is collected 10x less often (a full collection every 100 middle ones, not 10).
 A stage's imports (torch, transformers, diffusers) build about a million long-lived objects; at CPython's default

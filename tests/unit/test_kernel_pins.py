@@ -1,5 +1,5 @@
-"""Importing safeclip pins the CPU kernels to AVX2 before torch loads (x86-64); SAFECLIP_KERNEL_PINS=0 opts out,
-and a variable the user exported wins over its pin."""
+"""Kernel pins are opt-in: importing safeclip leaves the CPU kernels to torch; SAFECLIP_KERNEL_PINS=1 pins them
+to AVX2 before torch loads (x86-64), and a variable the user exported wins over its pin."""
 
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ def pinned(with_torch: bool = False, **env: str) -> list[str]:
     return out.split()
 
 
-def test_importing_safeclip_pins_avx2_and_torch_runs_it() -> None:
-    assert pinned(with_torch=True) == ["avx2", "AVX2", "AVX2", "AVX2"]
+def test_importing_safeclip_leaves_the_kernels_to_torch() -> None:
+    assert pinned() == ["-", "-", "-"]
 
 
-def test_opting_out_leaves_the_kernels_to_torch() -> None:
-    assert pinned(SAFECLIP_KERNEL_PINS="0") == ["-", "-", "-"]
+def test_opting_in_pins_avx2_and_torch_runs_it() -> None:
+    assert pinned(with_torch=True, SAFECLIP_KERNEL_PINS="1") == ["avx2", "AVX2", "AVX2", "AVX2"]
 
 
 def test_an_exported_value_wins_over_its_pin() -> None:
-    assert pinned(ATEN_CPU_CAPABILITY="avx512") == ["avx512", "AVX2", "AVX2"]
+    assert pinned(SAFECLIP_KERNEL_PINS="1", ATEN_CPU_CAPABILITY="avx512") == ["avx512", "AVX2", "AVX2"]
