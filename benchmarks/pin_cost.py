@@ -46,7 +46,9 @@ def child(steps: int, threads: int) -> None:
     clip = build_world_clip(p.base_clip.world, size)
     encoder = text_encoder(clip.model)
 
-    def vae_step(vae=sd_models.build_vae(w.vae, size), x=torch.rand(w.vae.batch_size, 3, size, size) * 2 - 1):
+    vae = sd_models.build_vae(w.vae, size)
+
+    def vae_step(x=torch.rand(w.vae.batch_size, 3, size, size) * 2 - 1):
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.mean + post.std * torch.randn(post.mean.shape)).sample
         return F.mse_loss(recon, x) + 1e-4 * post.kl().mean()
@@ -81,7 +83,7 @@ def child(steps: int, threads: int) -> None:
     def llm_step():
         return llm(input_ids=tokens, labels=tokens).loss
 
-    models = {"vae": (vae_step.__defaults__[0], vae_step), "unet": (unet, unet_step), "judge": (judge, judge_step),
+    models = {"vae": (vae, vae_step), "unet": (unet, unet_step), "judge": (judge, judge_step),
               "clip": (clip.model, clip_step), "llm": (llm, llm_step)}
     result = {"capability": torch.backends.cpu.get_cpu_capability()}
     for name in WORKLOADS:
@@ -110,8 +112,9 @@ def main() -> None:
         child(args.steps, args.threads)
         return
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    pins = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "SAFECLIP_KERNEL_PINS")
-    clean = {k: v for k, v in os.environ.items() if k not in pins}
+    from safeclip import KERNEL_PINS
+
+    clean = {k: v for k, v in os.environ.items() if k not in (*KERNEL_PINS, "SAFECLIP_KERNEL_PINS")}
     for _ in range(args.repeat):
         for variant, extra in VARIANTS.items():
             out = subprocess.run([sys.executable, __file__, "--child", "--steps", str(args.steps), "--threads",

@@ -13,6 +13,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
+
+from safeclip.launch import accelerate_command
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -37,14 +40,17 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_cpu_processes_each_sample_their_own_shard(tmp_path: Path) -> None:
-    script = tmp_path / "sample.py"
-    script.write_text(SCRIPT)
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([accelerate, "launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-                           "no", "--dynamo_backend", "no", "--multi_gpu", str(script)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+def test_two_cpu_processes_each_sample_their_own_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sample.py").write_text(SCRIPT)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base"].update(num_processes=2, num_threads=1, device="cpu")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)  # accelerate_command sets it here: undone afterwards
+    cmd = accelerate_command("sample", [], str(tmp_path / "params.yaml"))  # the launch every stage gets
+    assert cmd is not None and cmd[0] == "accelerate"
+    cmd[0] = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
     assert [r["rank"] for r in results] == [0, 1]
