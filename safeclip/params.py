@@ -445,10 +445,11 @@ class WorldJudgeTrain(Section):
     """The world's oracle judge: a small CNN with object/colour/position/background heads on real renders."""
     renders_per_scene: PosInt = 3
     held_out_fraction: Fraction = 0.1  # scenes never seen in training, for the accuracy metric
-    # Calibrated (3 seeds): object 99.0-99.4%, unsafe 100% on held-out scenes, object >=98.4% on renders
-    # degraded like generated images. Not fewer: at 5 epochs (held-out object 98.3%) the judge read the same 480
-    # base-SD images as unsafe 3.7 points more often (68.3 vs 64.6%): the instrument is not settled there
-    epochs: PosInt = 8
+    # 4 epochs (8 until stop 41; benchmarks/judge_curve.py): held-out object 99.2 / 98.9 / 100% on seeds 0-2. On
+    # the 1,920 images eval_generation drew (seed 0), it and the 8-epoch judge disagree on 7.2% of unsafe verdicts,
+    # less than two 8-epoch judges of different seeds do (9.6%): the verdict on a generated image is a draw of
+    # the judge at any length. 3 epochs moved base SD's unsafe-prompt rate 5.8 points (4 epochs: 1.7)
+    epochs: PosInt = 4
     batch_size: PosInt = 64
     learning_rate: PosFloat = 3e-3
     channels: list[PosInt] = [48, 48, 64]
