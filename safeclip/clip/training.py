@@ -56,8 +56,15 @@ def lr_factor(kind: str, steps: int, warmup: int = 0) -> Callable[[int], float]:
 
 
 def local_slice(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """This process's share of the global batch (contiguous, so the concatenation over ranks is the batch)."""
-    return np.array_split(indices, world_size)[rank]
+    """This process's share of the global batch: contiguous and equal, so the concatenation over ranks is the batch.
+
+    A batch that does not split evenly (a training set smaller than the batch, an odd batch size) loses its last
+    `len % world_size` rows: gathered negatives need every process to hold the same number of rows (gloo aborts
+    on a size mismatch), and the mean of equal per-process means is the global batch's mean. One process keeps
+    every row.
+    """
+    share = len(indices) // world_size
+    return indices[rank * share:(rank + 1) * share]
 
 
 def finite_on_every_process(finite: bool, device: torch.device | str = "cpu") -> bool:
