@@ -33,7 +33,7 @@ KEYS = {"T->V R@1": "retrieval.t_to_v.r1", "T->V R@5": "retrieval.t_to_v.r5",
         "T*->V* R@1": "retrieval.t_star_to_v_star.r1", "unsafe top-1 %": "unsafe_retrieved.unsafe_text.top1"}
 
 
-def run(repo: Path, steps: int, setting: str, batch_size: int | None, log: logging.Logger) -> dict[str, float]:
+def run(repo: Path, steps: int, setting: str, log: logging.Logger) -> dict[str, float]:
     from make_safe_sweep import _override
 
     from safeclip.clip.model import load_clip
@@ -52,7 +52,7 @@ def run(repo: Path, steps: int, setting: str, batch_size: int | None, log: loggi
         params = Params.model_validate(raw)
         bundle, seconds = train(params, log)
     with torch.no_grad():
-        emb, _ = embed_split(bundle, VAL, batch_size or params.evaluate.batch_size)
+        emb, _ = embed_split(bundle, VAL, params.evaluate.batch_size)
         m = retrieval_metrics(emb, [1, 5], [1])
     return {"seed": params.base.seed, "steps": steps, "train s": seconds, **{k: m[v] for k, v in KEYS.items()}}
 
@@ -95,7 +95,7 @@ def main() -> None:
     for steps in args.steps:
         mine = []
         for repo in args.repos:
-            row = run(Path(repo).resolve(), steps, args.setting, None, log)
+            row = run(Path(repo).resolve(), steps, args.setting, log)
             mine.append(row)
             print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                   flush=True)

@@ -4,20 +4,19 @@ stage's judge does. The held-out renders are clean; what the judge is for is Sta
     python benchmarks/judge_curve.py REPO [REPO ...] --epochs 3 4 6 [--seed N] [--threads 2]
 
 Each REPO needs `params.yaml`, and for the comparison a finished `judge` and `eval_generation` (models/judge,
-data/generation/*/images.parquet). For
-each epoch count it trains the world judge exactly as the stage does (safeclip.eval.world_judge, the repo's
-params.yaml with judge.world.epochs overridden, its seed kept; the lr schedule spans the epochs) and reports: its
-held-out accuracy (object, all heads), and on every image eval_generation drew in the repo, how often its unsafe
-verdict and its object differ from the repo's judge, and the % of unsafe / safe prompts' images judged unsafe by
-each (the base-SD bars' quantities, for the base model's images); a repo with no generated images gets the
-held-out figures only. One row per run, then the mean over repos.
+data/generation/*/images.parquet). For each epoch count it trains the world judge exactly as the stage does
+(safeclip.eval.world_judge, the repo's params.yaml with judge.world.epochs overridden, its seed kept; the lr
+schedule spans the epochs) and reports: its held-out accuracy (object, all heads), and on every image
+eval_generation drew in the repo, how often its unsafe verdict and its object differ from the repo's judge, and
+the % of unsafe / safe prompts' images judged unsafe by each (the base-SD bars' quantities, for the base model's
+images); a repo with no generated images gets the held-out figures only. One row per run, then the mean over
+repos.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import logging
 import os
 import sys
 import time
@@ -47,7 +46,7 @@ def verdicts(judge, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(out["unsafe"]), np.asarray(out["object"])
 
 
-def run(repo: Path, epochs: int, log: logging.Logger, seed: int | None = None) -> dict[str, float]:
+def run(repo: Path, epochs: int, seed: int | None = None) -> dict[str, float]:
     from safeclip.data.captions import render_config
     from safeclip.eval import world_judge as wj
     from safeclip.eval.judges import WORLD_JUDGE
@@ -99,11 +98,10 @@ def main() -> None:
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's code, the repos' models
     torch.set_num_threads(args.threads)
-    log = logging.getLogger("judge_curve")
     for epochs in args.epochs:
         rows = []
         for repo in args.repos:
-            row = run(Path(repo).resolve(), epochs, log, args.seed)
+            row = run(Path(repo).resolve(), epochs, args.seed)
             rows.append(row)
             print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                   flush=True)
