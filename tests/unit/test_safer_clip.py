@@ -144,15 +144,20 @@ def test_each_term_by_hand():
         assert terms[k].item() == pytest.approx(want, abs=TOL), k
 
 
+def _hand_total(nce: float) -> float:
+    """sum_k w_k * term_k / sum(w) / 8 for the weights (0.25, 0.5, 0.1, 0.2, 0.1, 0.1, nce, nce), from the hand
+    values (cos_text_safe is 0.5 and cos_image_safe 0 by construction of the inputs)."""
+    h = HAND_TERMS
+    weighted = (0.25 * h["rel_text"] + 0.5 * h["rel_image"] + 0.1 * h["uni_text"] + 0.2 * h["uni_image"]
+                + 0.1 * 0.5 + 0.1 * 0.0 + nce * h["nce_text_safe"] + nce * h["nce_image_safe"])
+    return weighted / (1.25 + 2 * nce) / 8
+
+
 def test_total_with_the_carried_over_weights():
-    # the paper profile's weights (Safe-CLIP's for the terms they replace)
+    # the paper profile's weights (Safe-CLIP's for the terms they replace): sum 1.75
     carried = SaferClipWeights(nce_text_safe=0.25, nce_image_safe=0.25)
     total, _ = safer_clip_loss(**_inputs(), logit_scale=1.0, weights=carried)
-    h = HAND_TERMS
-    # weights (0.25, 0.5, 0.1, 0.2, 0.1, 0.1, 0.25, 0.25), sum 1.75; total = sum_k w_k * term_k / 1.75 / 8
-    weighted = (0.25 * h["rel_text"] + 0.5 * h["rel_image"] + 0.1 * h["uni_text"] + 0.2 * h["uni_image"]
-                + 0.1 * 0.5 + 0.1 * 0.0 + 0.25 * h["nce_text_safe"] + 0.25 * h["nce_image_safe"])
-    assert total.item() == pytest.approx(weighted / 1.75 / 8, abs=TOL)
+    assert total.item() == pytest.approx(_hand_total(0.25), abs=TOL)
     # ~= (0.468450 + 0.237038 + 0.013397 + 0.058579 + 0.05 + 0 + 0.078315 + 0.140006) / 14 ~= 0.0746989
     assert total.item() == pytest.approx(0.0746989, abs=1e-6)
 
@@ -160,10 +165,7 @@ def test_total_with_the_carried_over_weights():
 def test_total_with_the_world_default_weights():
     # nce 0.35 each: sum 1.95, the other terms' share shrinks with it
     total, _ = safer_clip_loss(**_inputs(), logit_scale=1.0)
-    h = HAND_TERMS
-    weighted = (0.25 * h["rel_text"] + 0.5 * h["rel_image"] + 0.1 * h["uni_text"] + 0.2 * h["uni_image"]
-                + 0.1 * 0.5 + 0.1 * 0.0 + 0.35 * h["nce_text_safe"] + 0.35 * h["nce_image_safe"])
-    assert total.item() == pytest.approx(weighted / 1.95 / 8, abs=TOL)
+    assert total.item() == pytest.approx(_hand_total(0.35), abs=TOL)
 
 
 def test_total_with_a_single_weight():
