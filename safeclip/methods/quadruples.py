@@ -1,12 +1,15 @@
 """ViSU quadruples (t, v, t*, v*) ready for a CLIP: tokenised once, images decoded per batch or cached.
 
 Small datasets (the world's: ~50 MB of pixels) are decoded once and kept as tensors; large ones (ViSU with
-COCO images) are decoded batch by batch, so memory does not grow with the dataset.
+COCO images) are decoded batch by batch, so memory does not grow with the dataset. A frozen reference model's
+embeddings never change during training, so they can be computed once per quadruple (`reference`) and sliced
+into each batch instead of a reference forward pass per step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +38,9 @@ class Quadruples:
     # SafeR-CLIP: row index of each quadruple's redirection target (t^, v^) in this same set; batches then
     # carry the target's safe caption and image as target_input_ids / target_attention_mask / target_pixels.
     targets: np.ndarray | None = None
+    # A frozen reference's projected embeddings of every quadruple, keyed "{text|image}_{safe|unsafe}" ([N, d]
+    # each; see `embed_reference`): batches then carry them as ref_* rows (ref_*_target for the targets).
+    reference: dict[str, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -63,7 +69,39 @@ class Quadruples:
             t = torch.as_tensor(t_idx, dtype=torch.long)
             out |= {f"target_{k}": v[t] for k, v in self.tokens_safe.items()}
             out["target_pixels"] = self.safe_pixels(t_idx)
+        if self.reference is not None:
+            out |= {f"ref_{k}": v[i] for k, v in self.reference.items()}
+            if self.targets is not None:
+                t = torch.as_tensor(self.targets[np.asarray(idx)], dtype=torch.long)
+                out |= {f"ref_{tower}_target": self.reference[f"{tower}_safe"][t] for tower in ("text", "image")
+                        if f"{tower}_safe" in self.reference}
         return {k: v.to(device) for k, v in out.items()}
+
+
+SIDES = ("safe", "unsafe")
+
+
+@torch.no_grad()
+def embed_reference(reference, q: Quadruples, sides: Sequence[str], batch_size: int, device,
+                    autocast=None) -> dict[str, torch.Tensor]:
+    """A frozen reference's T0 and V0 of every quadruple's `sides` (safe, unsafe), in batches, both sides in one
+    forward as in the objectives; kept on the CPU. Row by row the same numbers as a forward of any training batch
+    (each row's embedding does not depend on the others in its batch), computed once instead of once per step."""
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        raise ValueError(f"reference sides must be among {SIDES}, got {sorted(unknown)}")
+    parts: dict[str, list[torch.Tensor]] = {f"{tower}_{side}": [] for side in sides for tower in ("text", "image")}
+    for a in range(0, len(q), batch_size):
+        b = q.batch(range(a, min(a + batch_size, len(q))), device)
+        with autocast() if autocast is not None else nullcontext():
+            out = reference(input_ids=torch.cat([b[f"{s}_input_ids"] for s in sides]),
+                            attention_mask=torch.cat([b[f"{s}_attention_mask"] for s in sides]),
+                            pixel_values=torch.cat([b[f"{s}_pixels"] for s in sides]))
+        n = len(b["safe_input_ids"])
+        for j, side in enumerate(sides):
+            parts[f"text_{side}"].append(out.text_embeds[j * n:(j + 1) * n].cpu())
+            parts[f"image_{side}"].append(out.image_embeds[j * n:(j + 1) * n].cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
 
 
 def quadruple_rows(path: str) -> list[dict]:

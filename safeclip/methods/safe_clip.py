@@ -117,12 +117,30 @@ def safe_clip_loss(text_safe: torch.Tensor, text_unsafe: torch.Tensor, image_saf
     return total, terms
 
 
+def reference_embeds(reference, batch: dict[str, torch.Tensor], sides: Sequence[str]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """T0 and V0 of the batch's `sides` (safe, unsafe, target), stacked in that order: the batch's cached ref_*
+    rows when it carries them (a frozen reference, embedded once: `Quadruples.reference`), else one no_grad
+    forward of `reference` over all the sides."""
+    if all(f"ref_text_{s}" in batch and f"ref_image_{s}" in batch for s in sides):
+        return (torch.cat([batch[f"ref_text_{s}"] for s in sides]),
+                torch.cat([batch[f"ref_image_{s}"] for s in sides]))
+    with torch.no_grad():
+        ref = reference(input_ids=torch.cat([batch[f"{s}_input_ids"] for s in sides]),
+                        attention_mask=torch.cat([batch[f"{s}_attention_mask"] for s in sides]),
+                        pixel_values=torch.cat([batch[f"{s}_pixels"] for s in sides]))
+    return ref.text_embeds, ref.image_embeds
+
+
 class SafeClipObjective:
     """The loss of one batch of quadruples for a (LoRA) CLIP, with T0/V0 from `reference`.
 
     `reference` is the frozen copy, or, for `stopgrad_current`, the model being trained itself: then its
-    outputs are taken under no_grad in train mode (dropout on), as the released script does.
+    outputs are taken under no_grad in train mode (dropout on), as the released script does. A batch that
+    carries the frozen copy's embeddings (ref_* rows) uses them instead of running it.
     """
+
+    reference_sides: tuple[str, ...] = ("safe",)  # the quadruple sides whose T0/V0 the loss reads
 
     def __init__(self, lambdas: Sequence[float], logit_scale: float, gather: bool = False):
         normalised_weights(lambdas)  # fail at start, not at the first step
@@ -134,9 +152,6 @@ class SafeClipObjective:
         out = model(input_ids=torch.cat([batch["safe_input_ids"], batch["unsafe_input_ids"]]),
                     attention_mask=torch.cat([batch["safe_attention_mask"], batch["unsafe_attention_mask"]]),
                     pixel_values=torch.cat([batch["safe_pixels"], batch["unsafe_pixels"]]))
-        with torch.no_grad():
-            ref = reference(input_ids=batch["safe_input_ids"], attention_mask=batch["safe_attention_mask"],
-                            pixel_values=batch["safe_pixels"])
+        ref_text, ref_image = reference_embeds(reference, batch, self.reference_sides)
         return safe_clip_loss(out.text_embeds[:n], out.text_embeds[n:], out.image_embeds[:n], out.image_embeds[n:],
-                              ref.text_embeds, ref.image_embeds, self.lambdas, self.logit_scale,
-                              self.gather and model.training)
+                              ref_text, ref_image, self.lambdas, self.logit_scale, self.gather and model.training)

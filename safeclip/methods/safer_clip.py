@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from safeclip.clip.training import global_batch
 from safeclip.io import InputError
-from safeclip.methods.safe_clip import cosine_distance, symmetric_infonce
+from safeclip.methods.safe_clip import cosine_distance, reference_embeds, symmetric_infonce
 from safeclip.params import SaferClipWeights
 
 TERMS: tuple[str, ...] = tuple(SaferClipWeights.model_fields)  # stable names: they become metric keys
@@ -66,6 +66,8 @@ def safer_clip_loss(text_safe: torch.Tensor, text_unsafe: torch.Tensor, image_sa
 class SaferClipObjective:
     """The loss of one batch (with target_* rows, see Quadruples.targets) for a (LoRA) CLIP and its reference."""
 
+    reference_sides: tuple[str, ...] = ("safe", "unsafe")  # targets are safe rows of the same quadruples
+
     def __init__(self, weights: SaferClipWeights, logit_scale: float, relative_scale: float, gather: bool = False):
         self.weights, self.logit_scale, self.relative_scale = weights, logit_scale, relative_scale
         self.gather = gather
@@ -77,13 +79,8 @@ class SaferClipObjective:
         out = model(input_ids=torch.cat([batch["safe_input_ids"], batch["unsafe_input_ids"]]),
                     attention_mask=torch.cat([batch["safe_attention_mask"], batch["unsafe_attention_mask"]]),
                     pixel_values=torch.cat([batch["safe_pixels"], batch["unsafe_pixels"]]))
-        with torch.no_grad():  # t, t*, t^ and v, v*, v^ through the reference in one pass
-            ref = reference(
-                input_ids=torch.cat([batch["safe_input_ids"], batch["unsafe_input_ids"], batch["target_input_ids"]]),
-                attention_mask=torch.cat([batch["safe_attention_mask"], batch["unsafe_attention_mask"],
-                                          batch["target_attention_mask"]]),
-                pixel_values=torch.cat([batch["safe_pixels"], batch["unsafe_pixels"], batch["target_pixels"]]))
-        rt, rv = ref.text_embeds, ref.image_embeds
+        # t, t*, t^ and v, v*, v^ through the reference in one pass (or the batch's cached rows)
+        rt, rv = reference_embeds(reference, batch, ("safe", "unsafe", "target"))
         return safer_clip_loss(out.text_embeds[:n], out.text_embeds[n:], out.image_embeds[:n], out.image_embeds[n:],
                                rt[:n], rv[:n], rt[n:2 * n], rv[n:2 * n], rt[2 * n:], rv[2 * n:],
                                self.weights, self.logit_scale, self.relative_scale, self.gather and model.training)

@@ -59,6 +59,7 @@ def killed_at(call: int, inner):
             if calls["n"] == call:
                 raise KeyboardInterrupt("killed")
         return inner(model, reference, batch)
+    objective.reference_sides = getattr(inner, "reference_sides", ())  # the trainer caches what inner reads
     return objective
 
 
@@ -68,4 +69,5 @@ def counting(inner):
         objective.trained += int(model.training)
         return inner(model, reference, batch)
     objective.trained = 0
+    objective.reference_sides = getattr(inner, "reference_sides", ())
     return objective

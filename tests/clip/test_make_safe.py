@@ -1,4 +1,5 @@
-"""Safe-CLIP fine-tuning: the reference really frozen, LoRA merged export equal to the LoRA model, resume."""
+"""Safe-CLIP fine-tuning: the reference really frozen (and embedded once), LoRA merged export equal to the LoRA
+model, resume."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from safeclip.checkpoint import fingerprint
 from safeclip.clip.model import load_clip
 from safeclip.clip.training import TrainState, make_accelerator
 from safeclip.methods.lora import add_lora, frozen_copy, merged
-from safeclip.methods.quadruples import load_quadruples
+from safeclip.methods.quadruples import embed_reference, load_quadruples
 from safeclip.methods.safe_clip import SafeClipObjective
+from safeclip.methods.safer_clip import SaferClipObjective, attach_targets
 from safeclip.methods.trainer import Schedule, finetune
-from safeclip.params import Base, ClipLora
+from safeclip.params import Base, ClipLora, SaferClipWeights
 from safeclip.runtime import NonFiniteLoss
 
 LOG = logging.getLogger("test")
@@ -103,7 +105,55 @@ def test_merged_export_matches_lora_model(tiny_bundle, visu_dir, tmp_path):
         bundle.tokenizer.eos_token_id
 
 
-def run_finetune(bundle, visu_dir, ckpt, steps=6, objective=None, keep="last", patience=10):
+@pytest.mark.parametrize("method", ["safe_clip", "safer_clip"])
+def test_cached_reference_rows_give_the_loss_of_a_reference_forward(tiny_bundle, visu_dir, method):
+    """A frozen reference embedded once (`embed_reference`, in batches of another size and order) gives a batch
+    the loss and terms that a forward of the reference over that batch gives, and the reference then never
+    runs. SafeR-CLIP's targets are read from the cached safe rows."""
+    q, _ = load_quadruples(str(visu_dir / "train.parquet"), tiny_bundle)
+    if method == "safer_clip":
+        attach_targets(q, [{"id": i, "target_id": q.ids[(n + 2) % len(q)], "target_similarity": 0.5}
+                           for n, i in enumerate(q.ids)], "targets")
+        objective = SaferClipObjective(SaferClipWeights(), 100.0, 2.0)
+    else:
+        objective = SafeClipObjective([0.1, 0.1, 0.1, 0.2, 0.25, 0.25, 0.25, 0.5], 100.0)
+    reference = frozen_copy(tiny_bundle.model)
+    model = add_lora(tiny_bundle.model, ClipLora(r=4, alpha=4.0)).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # LoRA's B starts at zero: move it, so the model is not its reference
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    idx = [5, 0, 3, 7, 2]
+    expected, expected_terms = objective(model, reference, q.batch(idx))
+    q.reference = embed_reference(reference, q, objective.reference_sides, 3, "cpu")
+
+    def refuses(**_):
+        raise AssertionError("the reference ran although the batch carries its embeddings")
+    loss, terms = objective(model, refuses, q.batch(idx))
+    assert max(float(v.detach()) for k, v in expected_terms.items() if "cos" in k) > 1e-4  # model != its reference
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)
+    for k, v in expected_terms.items():
+        torch.testing.assert_close(terms[k], v, rtol=0, atol=1e-6, msg=k)
+    with pytest.raises(ValueError, match="sides"):
+        embed_reference(reference, q, ("target",), 3, "cpu")
+
+
+@pytest.mark.parametrize("mode", ["frozen", "stopgrad_current"])
+def test_finetune_embeds_a_frozen_reference_once_and_a_live_one_every_step(visu_dir, tmp_path, tiny_bundle, mode):
+    inner = SafeClipObjective([0.1, 0.1, 0.1, 0.2, 0.25, 0.25, 0.25, 0.5], 100.0)
+    seen = []
+
+    def objective(model, reference, batch):
+        seen.append(sorted(k for k in batch if k.startswith("ref_")))
+        return inner(model, reference, batch)
+    objective.reference_sides = inner.reference_sides
+    run_finetune(tiny_bundle, visu_dir, tmp_path / "ckpt", steps=2, objective=objective, reference=mode)
+    cached = ["ref_image_safe", "ref_text_safe"] if mode == "frozen" else []
+    assert len(seen) > 2 and all(s == cached for s in seen), seen  # training and validation batches alike
+
+
+def run_finetune(bundle, visu_dir, ckpt, steps=6, objective=None, keep="last", patience=10, reference="frozen"):
     train, _ = load_quadruples(str(visu_dir / "train.parquet"), bundle)
     val, _ = load_quadruples(str(visu_dir / "val.parquet"), bundle)
     acc = make_accelerator(Base())
@@ -111,7 +161,7 @@ def run_finetune(bundle, visu_dir, ckpt, steps=6, objective=None, keep="last", p
     schedule = Schedule(learning_rate=1e-2, batch_size=8, steps=steps, eval_every=2, patience=patience, keep=keep)
     objective = objective or SafeClipObjective([0.1, 0.1, 0.1, 0.2, 0.25, 0.25, 0.25, 0.5], 100.0)
     torch.manual_seed(0)
-    return finetune(bundle, objective, train, val, LORA, schedule, "frozen", 0, acc, state, ckpt, LOG, "test")
+    return finetune(bundle, objective, train, val, LORA, schedule, reference, 0, acc, state, ckpt, LOG, "test")
 
 
 def test_killed_finetune_resumes_to_the_same_weights(visu_dir, tmp_path, tiny_bundle):
