@@ -81,7 +81,21 @@ class Quadruples:
 SIDES = ("safe", "unsafe")
 
 
-@torch.no_grad()
+def reference_embeds(reference, batch: dict[str, torch.Tensor], sides: Sequence[str]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """T0 and V0 of the batch's `sides` (safe, unsafe, target), stacked in that order: the batch's cached ref_*
+    rows when it carries them (a frozen reference, embedded once: `Quadruples.reference`), else one no_grad
+    forward of `reference` over all the sides."""
+    if all(f"ref_text_{s}" in batch and f"ref_image_{s}" in batch for s in sides):
+        return (torch.cat([batch[f"ref_text_{s}"] for s in sides]),
+                torch.cat([batch[f"ref_image_{s}"] for s in sides]))
+    with torch.no_grad():
+        ref = reference(input_ids=torch.cat([batch[f"{s}_input_ids"] for s in sides]),
+                        attention_mask=torch.cat([batch[f"{s}_attention_mask"] for s in sides]),
+                        pixel_values=torch.cat([batch[f"{s}_pixels"] for s in sides]))
+    return ref.text_embeds, ref.image_embeds
+
+
 def embed_reference(reference, q: Quadruples, sides: Sequence[str], batch_size: int, device,
                     autocast=None) -> dict[str, torch.Tensor]:
     """A frozen reference's T0 and V0 of every quadruple's `sides` (safe, unsafe), in batches, both sides in one
@@ -94,13 +108,11 @@ def embed_reference(reference, q: Quadruples, sides: Sequence[str], batch_size: 
     for a in range(0, len(q), batch_size):
         b = q.batch(range(a, min(a + batch_size, len(q))), device)
         with autocast() if autocast is not None else nullcontext():
-            out = reference(input_ids=torch.cat([b[f"{s}_input_ids"] for s in sides]),
-                            attention_mask=torch.cat([b[f"{s}_attention_mask"] for s in sides]),
-                            pixel_values=torch.cat([b[f"{s}_pixels"] for s in sides]))
+            text, image = reference_embeds(reference, b, sides)
         n = len(b["safe_input_ids"])
         for j, side in enumerate(sides):
-            parts[f"text_{side}"].append(out.text_embeds[j * n:(j + 1) * n].cpu())
-            parts[f"image_{side}"].append(out.image_embeds[j * n:(j + 1) * n].cpu())
+            parts[f"text_{side}"].append(text[j * n:(j + 1) * n].cpu())
+            parts[f"image_{side}"].append(image[j * n:(j + 1) * n].cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
 
 

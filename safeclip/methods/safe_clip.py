@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from safeclip.methods.quadruples import reference_embeds
+
 # Term order of the paper's weights (0.1, 0.1, 0.1, 0.2, 0.25, 0.25, 0.25, 0.5). "cos": 1 - cos to the
 # reference's *safe* embedding of the same modality; "nce": InfoNCE against the reference's safe embedding of
 # the other modality. Stable names: they become metric keys.
@@ -115,21 +117,6 @@ def safe_clip_loss(text_safe: torch.Tensor, text_unsafe: torch.Tensor, image_saf
     terms = dict(zip(TERMS, values, strict=True))
     total = sum(w * v for w, v in zip(weights, values, strict=True)) / len(TERMS)
     return total, terms
-
-
-def reference_embeds(reference, batch: dict[str, torch.Tensor], sides: Sequence[str]
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """T0 and V0 of the batch's `sides` (safe, unsafe, target), stacked in that order: the batch's cached ref_*
-    rows when it carries them (a frozen reference, embedded once: `Quadruples.reference`), else one no_grad
-    forward of `reference` over all the sides."""
-    if all(f"ref_text_{s}" in batch and f"ref_image_{s}" in batch for s in sides):
-        return (torch.cat([batch[f"ref_text_{s}"] for s in sides]),
-                torch.cat([batch[f"ref_image_{s}"] for s in sides]))
-    with torch.no_grad():
-        ref = reference(input_ids=torch.cat([batch[f"{s}_input_ids"] for s in sides]),
-                        attention_mask=torch.cat([batch[f"{s}_attention_mask"] for s in sides]),
-                        pixel_values=torch.cat([batch[f"{s}_pixels"] for s in sides]))
-    return ref.text_embeds, ref.image_embeds
 
 
 class SafeClipObjective:

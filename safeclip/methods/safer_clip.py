@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from safeclip.clip.training import global_batch
 from safeclip.io import InputError
-from safeclip.methods.safe_clip import cosine_distance, reference_embeds, symmetric_infonce
+from safeclip.methods.quadruples import reference_embeds
+from safeclip.methods.safe_clip import cosine_distance, symmetric_infonce
 from safeclip.params import SaferClipWeights
 
 TERMS: tuple[str, ...] = tuple(SaferClipWeights.model_fields)  # stable names: they become metric keys
