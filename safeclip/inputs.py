@@ -1,21 +1,31 @@
 """Files that params point at are stage inputs too, and DVC only sees what a stage lists as a dependency.
 
-A dvc.yaml dependency cannot depend on the profile (a COCO path that does not exist in the world profile would
-stop the world DAG), so each kind of outside input has one folder in the repo that its stages depend on, in
-every profile: the COCO files live under `data/coco`, the I2P CSV under `data/i2p`, and so on. A param that
-points outside its folder is refused before any work, naming the param and the folder: editing such a file
-would rerun nothing (DVC does not follow symbolic links either). Hub ids are not files: the model stages
-record the snapshot they resolved to.
+Researchers keep COCO, ViSU-Text, the I2P CSV and model weights where they are (shared storage, another disk),
+so each param that may name such a file or folder is a dependency of the stages that read it, wherever it
+points: `dvc.yaml` lists `${inputs.<stage>.<param>}` for every param in `INPUTS`, and the `inputs` section of
+params.yaml says what each of those is under the current params. It is derived, never written by hand:
+
+- a param the stage reads under these params, naming a local file or folder: that path, as written (relative to
+  the repo root or absolute; DVC hashes it and follows a symbolic link to its target);
+- anything else (a hub id, `world`, unset, or a param the stage does not read under this profile): the committed
+  README of the param's default folder (`data/coco/README.md`, ...), so the world's `dvc repro` needs no data.
+
+`conf/config.yaml` writes `inputs: ${safeclip_inputs:}`: the composition (`python -m safeclip.profiles` and `dvc
+exp run -S`, both through Hydra) calls `derive` through the resolver in `conf/hydra_plugins/`. A params.yaml edited
+by hand is re-derived with `python -m safeclip.inputs`; a stage refuses to start when the section does not match
+its params, since DVC would then hash files other than those the stage reads. Hub ids are not files: the model
+stages record the snapshot they resolved to, and their `revision` param reruns them.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 from safeclip.io import InputError
 
-HUB_KINDS = ("models", "visu_text")  # a param of these kinds may name a hub id instead of a path
-# kind -> the folder its stages depend on (dvc.yaml), each committed with a README.md
+# kind -> its default folder; the folder's committed README.md stands in for an input that is not a local file
 FOLDERS: dict[str, str] = {
     "coco": "data/coco",
     "visu_text": "data/visu_text",
@@ -24,36 +34,34 @@ FOLDERS: dict[str, str] = {
     "zeroshot": "data/zeroshot",
     "models": "data/models",
 }
+HUB_KINDS = ("models", "visu_text")  # a param of these kinds may name a hub id instead of a path
+ZEROSHOT_SLOTS = 8  # evaluate.zeroshot.datasets: dvc.yaml lists this many paths (a list cannot be templated)
+
+_Q16 = [("judge.q16_prompts", "q16"), ("judge.q16_clip", "models")]
+# stage (its name without @<model> or _base) -> every param that may name an outside input of it, and its kind
+INPUTS: dict[str, list[tuple[str, str]]] = {
+    "captions": [("captions.coco.annotations_train", "coco"), ("captions.coco.annotations_val", "coco"),
+                 ("captions.coco.images_train", "coco"), ("captions.coco.images_val", "coco"),
+                 ("captions.visu_hf.dataset", "visu_text"), ("captions.visu_hf.coco_images", "coco")],
+    "base_llm": [("base_llm.source", "models")],
+    "dpo": [("dpo.models.nsfw_classifier", "models"), ("dpo.models.similarity_model", "models")],
+    "visu": [("visu.images.pipeline", "models"), *_Q16],
+    "base_clip": [("base_clip.source", "models")],
+    "base_sd": [("base_sd.source", "models")],
+    "judge": _Q16,
+    "evaluate": [("evaluate.zeroshot.datasets", "zeroshot")],
+    "eval_generation": [*_Q16, ("eval_generation.i2p_csv", "i2p")],
+    "eval_attack": _Q16,
+}
 
 
-def require_tracked(path: str | Path, kind: str, param: str) -> None:
-    """`path` (a local file or folder a param names) must sit inside the folder DVC tracks for `kind`, with no
-    symbolic link on the way (DVC hashes the link, not what it points at)."""
-    folder = Path(FOLDERS[kind]).absolute()
-    target = Path(path).expanduser().absolute()
-    try:
-        steps = target.relative_to(folder).parts
-    except ValueError:
-        steps = None
-    linked = steps is not None and any((folder.joinpath(*steps[:i + 1])).is_symlink() for i in range(len(steps)))
-    if steps is None or linked:
-        why = "a symbolic link on the way, which DVC does not follow" if linked else \
-            f"it is not inside {FOLDERS[kind]}/, the folder the stage depends on in dvc.yaml"
-        raise InputError(f"{param}: {path}: {why}, so editing it would rerun nothing. Move or copy it into "
-                         f"{FOLDERS[kind]}/ and point {param} there")
-
-
-def require_tracked_source(source: str | None, kind: str, param: str) -> None:
-    """A model or dataset param that is a hub id, or a local path: only the path must be tracked."""
-    from safeclip.hub import is_local, looks_like_path
-
-    if source and source != "world" and (is_local(source) or looks_like_path(source)):
-        require_tracked(source, kind, param)
+def stage_key(stage: str) -> str:
+    """`eval_generation@safe_clip` and `eval_generation_base` read what `eval_generation` reads."""
+    return stage.split("@")[0].removesuffix("_base")
 
 
 def stage_inputs(params, stage: str) -> list[tuple[str, str, str]]:
     """(param, local path or hub id, kind) of every outside input `stage` reads under these params."""
-    name = stage.split("@")[0].removesuffix("_base")
     cap, judge = params.captions, params.judge
     q16 = ([("judge.q16_prompts", judge.q16_prompts, "q16"), ("judge.q16_clip", judge.q16_clip, "models")]
            if judge.q16_prompts and "q16" in judge.judges else [])
@@ -81,17 +89,114 @@ def stage_inputs(params, stage: str) -> list[tuple[str, str, str]]:
                                   if params.eval_generation.i2p_csv else []),
         "eval_attack": q16 if params.eval_attack.n_generate else [],
     }
-    return [(p, v, k) for p, v, k in table.get(name, []) if v]
+    return [(p, v, k) for p, v, k in table.get(stage_key(stage), []) if v]
 
 
-def require_tracked_inputs(params, stage: str) -> None:
-    """Every local input of `stage` inside its tracked folder (hub ids pass): run before any work."""
-    for param, value, kind in stage_inputs(params, stage):
-        if value.startswith("open_clip:"):  # open_clip:ARCH, ARCH/TAG or ARCH/[/]path/weights.safetensors
-            pretrained = value.partition("/")[2]
-            if pretrained.endswith(".safetensors"):  # a file to load_open_clip, relative or absolute; else a tag
-                require_tracked(pretrained, kind, param)
-        elif kind in HUB_KINDS:
-            require_tracked_source(value, kind, param)
-        else:
-            require_tracked(value, kind, param)
+def local_path(value: str, kind: str) -> str | None:
+    """The file or folder DVC must hash for a param's value, or None for a hub id, an open_clip tag or `world`.
+
+    `open_clip:ARCH/TAG` names a tag; `open_clip:ARCH/[/]path/weights.safetensors` a weights file, relative or
+    absolute (load_open_clip decides the same way)."""
+    from safeclip.hub import is_local, looks_like_path
+
+    if value.startswith("open_clip:"):
+        pretrained = value.partition("/")[2]
+        return pretrained if pretrained.endswith(".safetensors") else None
+    if kind in HUB_KINDS and (value == "world" or not (is_local(value) or looks_like_path(value))):
+        return None
+    return value
+
+
+def placeholder(kind: str) -> str:
+    return f"{FOLDERS[kind]}/README.md"
+
+
+def _nest(out: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        out = out.setdefault(p, {})
+    out[leaf] = value
+
+
+def derive(params) -> dict[str, dict]:
+    """The `inputs` section for these params: {stage: {param path, nested: the path DVC hashes}}."""
+    out: dict[str, dict] = {}
+    for stage, declared in INPUTS.items():
+        read = {p: (v, k) for p, v, k in stage_inputs(params, stage)}
+        section: dict = {}
+        for param, kind in declared:
+            if param == "evaluate.zeroshot.datasets":
+                paths = [local_path(v, k) or placeholder(k) for p, (v, k) in read.items() if p.startswith(param)]
+                if len(paths) > ZEROSHOT_SLOTS:
+                    raise InputError(f"{param}: {len(paths)} datasets; dvc.yaml tracks at most {ZEROSHOT_SLOTS} "
+                                     "(raise ZEROSHOT_SLOTS in safeclip/inputs.py and list the new slots there)")
+                _nest(section, param, paths + [placeholder(kind)] * (ZEROSHOT_SLOTS - len(paths)))
+                continue
+            value = read.get(param, (None, kind))[0]
+            _nest(section, param, (local_path(value, kind) if value else None) or placeholder(kind))
+        out[stage] = section
+    return out
+
+
+def _dotted(section: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in section.items():
+        flat.update(_dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
+
+
+def check_inputs(params, stage: str) -> None:
+    """Before any work: params.yaml's `inputs` (what DVC hashes for this stage) is what these params derive. A
+    params.yaml without the section (a test's, a script's) is not under DVC's templating: nothing to check. A
+    missing file is DVC's to report first (a missing dependency, by path), then the stage's reader's, which
+    names the param and says what the file should hold."""
+    if params.inputs is None:
+        return
+    key = stage_key(stage)
+    want = _dotted(derive(params).get(key, {}))
+    have = _dotted(params.inputs.get(key, {}))
+    wrong = [f"inputs.{key}.{p}: {have.get(p)!r}, but {p} derives {v!r}" for p, v in want.items() if have.get(p) != v]
+    if wrong:
+        raise InputError("params.yaml: the inputs section does not match the params (edited by hand?), so DVC "
+                         "would hash other files than this stage reads: " + "; ".join(wrong) +
+                         ". Re-derive it with `python -m safeclip.inputs` (composing with `python -m "
+                         "safeclip.profiles` or `dvc exp run -S` derives it too)")
+
+
+def resolve_inputs(*, _root_):
+    """The OmegaConf resolver behind `inputs: ${safeclip_inputs:}` in conf/config.yaml: the composed params,
+    less the section itself, validated, then derived (as a DictConfig: `OmegaConf.resolve`, which DVC's
+    composition calls, puts a container in place of the interpolation but refuses a plain dict there)."""
+    from omegaconf import OmegaConf
+
+    from safeclip.params import Params
+
+    raw = OmegaConf.to_container(_root_, resolve=False)
+    raw.pop("inputs", None)
+    raw = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    return OmegaConf.create(derive(Params.model_validate(raw)))
+
+
+def register_resolver() -> None:
+    """`${safeclip_inputs:}` for OmegaConf: the Hydra plugin calls this when DVC composes, and so does
+    safeclip.profiles (Hydra scans its plugin path once per process, so it cannot be relied on twice)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("safeclip_inputs", resolve_inputs, replace=True)
+
+
+def rewrite(path: str | Path = "params.yaml") -> None:
+    """Re-derive the `inputs` section of a params.yaml in place (after editing it by hand)."""
+    import yaml
+
+    from safeclip.io import write_text
+    from safeclip.params import load_params
+
+    params = load_params(path)  # its errors name the key and line
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    raw["inputs"] = derive(params)
+    write_text(path, yaml.safe_dump(raw, sort_keys=False))
+
+
+if __name__ == "__main__":
+    rewrite(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -560,6 +560,9 @@ class Params(Section):
     judge: Judge = Judge()
     eval_generation: EvalGeneration = EvalGeneration()
     eval_attack: EvalAttack = EvalAttack()
+    # What dvc.yaml's ${inputs.<stage>.<param>} deps hash: derived from the rest (safeclip/inputs.py), never set by
+    # hand; None in a params.yaml that DVC does not template (a test's)
+    inputs: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _q16_in_visu_needs_its_prompts(self):

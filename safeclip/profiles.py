@@ -15,8 +15,12 @@ from pathlib import Path
 def compose(output: str | Path, overrides: list[str], root: str | Path = ".") -> None:
     from dvc.utils.hydra import compose_and_dump
 
+    from safeclip.inputs import register_resolver
+
+    register_resolver()
     root = Path(root).resolve()
-    compose_and_dump(str(output), str(root / "conf"), None, "config", str(root / ".dvc"), overrides)
+    # plugins from conf/hydra_plugins/, as `dvc exp run` loads them (hydra.plugins_path in .dvc/config)
+    compose_and_dump(str(output), str(root / "conf"), None, "config", str(root / "conf"), overrides)
 
 
 def expand(args: list[str]) -> list[str]:

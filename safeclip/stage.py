@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-from safeclip.inputs import require_tracked_inputs
+from safeclip.inputs import check_inputs
 from safeclip.io import InputError
 from safeclip.params import Params, ParamsError, load_params
 from safeclip.runtime import NonFiniteLoss, setup
@@ -22,7 +22,7 @@ def start(stage: str, argv: list[str] | None = None) -> tuple[Params, logging.Lo
     ap.add_argument("--params", default="params.yaml")
     args, _ = ap.parse_known_args(argv)  # matrix stages add their own flags (see `option`)
     params = load_params(args.params)
-    require_tracked_inputs(params, stage)
+    check_inputs(params, stage)
     log = setup(stage, params.base.seed, params.base.num_threads, params.log.level)
     return params, log
 

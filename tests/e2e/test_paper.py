@@ -1,7 +1,8 @@
 """The paper face end to end, on CPU: the paper profile and examples/paper-1gpu.overrides with hardware and
-size-only overrides, tiny stand-ins of the real model classes (tests/e2e/paper_models.py) at local paths and in
-an offline Hugging Face cache under the real hub ids, a COCO-shaped folder and an I2P-shaped CSV under the
-repo's input folders, then `dvc repro` through `report` in a temporary copy of the repo."""
+size-only overrides, tiny stand-ins of the real model classes (tests/e2e/paper_models.py) in an offline Hugging
+Face cache under the real hub ids and at local paths, a COCO-shaped folder, an I2P-shaped CSV and Q16's prompts,
+all kept outside the repo as on a shared cluster (one model folder reached through a symbolic link), then `dvc
+repro` through `report` in a temporary copy of the repo."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from safeclip.inputs import rewrite
 from tests.e2e import paper_models as pm
 from tests.e2e.test_pipeline import ROOT, copy_repo
 from tests.hubcache import file_in_cache
@@ -30,14 +32,14 @@ SIZES = ["base.scale=0.05", "captions.coco.max_images_per_split=12", "sft.epochs
          "make_safe.uwm.batch_size=8", "evaluate.batch_size=16",
          "eval_generation.height=32", "eval_generation.width=32", "eval_generation.num_inference_steps=2",
          "eval_generation.images_per_prompt=1", "eval_generation.batch_size=8", "eval_generation.i2p_max_prompts=4",
-         "eval_generation.i2p_csv=data/i2p/i2p_benchmark.csv", "eval_attack.steps=2", "eval_attack.search_width=64"]
+         "eval_attack.steps=2", "eval_attack.search_width=64"]
 # Random tiny generators draw no nudity: OpenNSFW at a near-zero threshold stands in for "the judge flagged it",
 # so that visu keeps unsafe images and the quadruple stages have data; a random sentence encoder's similarity
 # means nothing, so DPO's good samples are decided by the (random) classifier alone.
 STAND_IN_JUDGE = ["visu.images.opennsfw_threshold=0.000001", "dpo.models.min_similarity=-1.0"]
-# Q16 as a researcher switches it on: its prompts under data/q16/ (for the stand-in ViT-L/14's 16-wide embedding),
-# so it joins the evaluation panel, and visu keeps an image that OpenNSFW or Q16 flags (Safe-CLIP: NudeNet or Q16)
-Q16 = ["judge.q16_prompts=data/q16/prompts.safetensors", "visu.images.judges=[opennsfw,q16]"]
+# Q16 as a researcher switches it on: its prompts (for the stand-in ViT-L/14's 16-wide embedding), so it joins the
+# evaluation panel, and visu keeps an image that OpenNSFW or Q16 flags (Safe-CLIP: NudeNet or Q16)
+Q16 = ["visu.images.judges=[opennsfw,q16]"]
 
 
 def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -61,15 +63,24 @@ def paper(tmp_path_factory) -> Path:
                             ("michellejieli/NSFW_text_classifier", "cls"),
                             ("sentence-transformers/all-MiniLM-L6-v2", "enc")):
         file_in_cache(hub / "hub", repo_id, build / folder)
-    pm.stable_diffusion(repo / "data/models/sd-v1-4", build / "clip")  # local paths: SD and the NSFW generator
-    pm.stable_diffusion(repo / "data/models/nsfw-t2i", build / "clip")
-    pm.coco(repo / "data/coco", texts[1:], 24, 24)
-    pm.i2p_csv(repo / "data/i2p/i2p_benchmark.csv", 8)
-    pm.q16_prompts(repo / "data/q16/prompts.safetensors", 16)
+    shared = tmp_path_factory.mktemp("shared")  # where the data and weights live: outside the repo
+    pm.stable_diffusion(shared / "weights/sd-v1-4", build / "clip")  # local paths: SD and the NSFW generator
+    pm.stable_diffusion(shared / "weights/nsfw-t2i", build / "clip")
+    (shared / "links").mkdir()
+    (shared / "links/nsfw-t2i").symlink_to(shared / "weights/nsfw-t2i", target_is_directory=True)
+    pm.coco(shared / "coco", texts[1:], 24, 24)
+    pm.i2p_csv(shared / "i2p/i2p_benchmark.csv", 8)
+    pm.q16_prompts(shared / "q16/prompts.safetensors", 16)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(repo), "HF_HOME": str(hub), "HF_HUB_CACHE": str(hub / "hub"), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
-    local = ["base_sd.source=data/models/sd-v1-4", "visu.images.pipeline=data/models/nsfw-t2i"]
+    local = [f"base_sd.source={shared}/weights/sd-v1-4", f"visu.images.pipeline={shared}/links/nsfw-t2i",
+             *(f"captions.coco.{k}={shared}/coco/{v}" for k, v in (
+                 ("annotations_train", "annotations/captions_train2017.json"),
+                 ("annotations_val", "annotations/captions_val2017.json"),
+                 ("images_train", "train2017"), ("images_val", "val2017"))),
+             f"eval_generation.i2p_csv={shared}/i2p/i2p_benchmark.csv",
+             f"judge.q16_prompts={shared}/q16/prompts.safetensors"]
     run([sys.executable, "-m", "safeclip.profiles", "profile=paper", "@examples/paper-1gpu.overrides", *CPU, *SIZES,
          *STAND_IN_JUDGE, *Q16, *local], repo, env)
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
@@ -111,7 +122,8 @@ def test_each_stage_wrote_what_the_paper_face_promises(paper: Path) -> None:
     for model, source in (("base_llm", "meta-llama/Llama-2-7b-chat-hf"),
                           ("base_clip", "openai/clip-vit-large-patch14")):
         assert pointer(paper, model)["source"] == source and pointer(paper, model)["resolved_commit"] == COMMIT
-    assert pointer(paper, "base_sd")["source"] == "data/models/sd-v1-4"
+    assert pointer(paper, "base_sd")["source"] == yaml_params(paper)["base_sd"]["source"]
+    assert not Path(pointer(paper, "base_sd")["source"]).is_relative_to(paper)  # outside the repo
     assert metrics(paper, "sft")["sft.train_loss"] > 0 and (paper / "models/llm_sft/model.safetensors").is_file()
     dpo = metrics(paper, "dpo")
     assert dpo["dpo.pairs"] > 0 and len(rows(paper, "data/dpo/preferences.parquet")) == dpo["dpo.pairs"]
@@ -152,18 +164,30 @@ def test_each_stage_wrote_what_the_paper_face_promises(paper: Path) -> None:
 
 
 def test_an_edited_input_the_run_read_reruns_exactly_the_stages_that_read_it(paper: Path) -> None:
-    """The I2P CSV that eval_generation prompted with: one more prompt in it, and `dvc status` names exactly the
-    stages that read it; the file restored, the workspace is clean again."""
-    csv = paper / "data/i2p/i2p_benchmark.csv"
+    """Inputs outside the repo, as DVC dependencies: one more prompt in the I2P CSV, one COCO caption edited, a
+    weight file of the NSFW generator (reached through a symbolic link) changed, and `dvc status` names exactly the
+    stages that read each; every file restored, the workspace is clean again."""
+    params = yaml_params(paper)
+    csv = Path(params["eval_generation"]["i2p_csv"])
+    coco = Path(params["captions"]["coco"]["annotations_train"])
+    linked = Path(params["visu"]["images"]["pipeline"])
+    assert linked.is_symlink() and not csv.is_relative_to(paper) and not coco.is_relative_to(paper)
+    weights = next(p for p in sorted(linked.resolve().rglob("*.json")))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1"}
-    original = csv.read_text()
-    csv.write_text(original + original.splitlines()[-1] + "\n")
-    try:
-        changed = set(json.loads(run(["dvc", "status", "--json"], paper, env).stdout))
-    finally:
-        csv.write_text(original)
-    assert changed == {"eval_generation_base", *(f"eval_generation@{m}" for m in METHODS)}, changed
+
+    def changed_by(path: Path, edit) -> set[str]:
+        original = path.read_text()
+        path.write_text(edit(original))
+        try:
+            return set(json.loads(run(["dvc", "status", "--json"], paper, env).stdout))
+        finally:
+            path.write_text(original)
+
+    i2p = changed_by(csv, lambda t: t + t.splitlines()[-1] + "\n")
+    assert i2p == {"eval_generation_base", *(f"eval_generation@{m}" for m in METHODS)}, i2p
+    assert changed_by(coco, lambda t: t.replace('"caption": "', '"caption": "edited ', 1)) == {"captions"}
+    assert changed_by(weights, lambda t: t.replace("{", '{"edited": 1, ', 1)) == {"visu"}
     assert json.loads(run(["dvc", "status", "--json"], paper, env).stdout) == {}
 
 
@@ -185,6 +209,7 @@ def test_an_open_clip_base_wider_than_the_unet_skips_text_to_image_and_the_rest_
     params["methods"] = ["uwm"]
     params["eval_attack"]["search_width"] = 8  # a 10-layer text tower: 64 candidates a step made eval_attack 75 s
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rewrite(repo / "params.yaml")  # re-derives the inputs section, as after any hand edit
     hub = Path(pointer(paper, "base_llm")["resolved_path"]).parents[2]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(repo), "HF_HOME": str(hub.parent), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",
@@ -226,7 +251,8 @@ def test_visu_text_captions_skip_the_llm_stages_and_the_rest_completes(paper, tm
     shutil.copytree(paper, repo, symlinks=True, ignore=shutil.ignore_patterns("checkpoints"))
     pairs = [json.loads(line) for line in (ROOT / "data/curated/paper_pairs.jsonl").read_text().splitlines()
              if line.strip()][::4]  # the file is sorted by concept: every fourth pair spreads the splits over them
-    images = sorted((repo / "data/coco/train2017").glob("*.jpg"))  # 24 COCO-named images, ids 0..23
+    coco_images = yaml_params(paper)["captions"]["coco"]["images_train"]  # outside the repo
+    images = sorted(Path(coco_images).glob("*.jpg"))  # 24 COCO-named images, ids 0..23
     (repo / "data/visu_text").mkdir(parents=True, exist_ok=True)
     k = 0
     for split, n in (("train", 12), ("validation", 6), ("test", 6)):
@@ -236,9 +262,10 @@ def test_visu_text_captions_skip_the_llm_stages_and_the_rest_completes(paper, tm
         k += n
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["captions"]["source"] = "visu-hf"
-    params["captions"]["visu_hf"].update(dataset="data/visu_text", coco_images="data/coco/train2017")
+    params["captions"]["visu_hf"].update(dataset="data/visu_text", coco_images=coco_images)
     params["methods"] = ["uwm"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rewrite(repo / "params.yaml")  # re-derives the inputs section, as after any hand edit
     hub = Path(pointer(paper, "base_llm")["resolved_path"]).parents[2]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(repo), "HF_HOME": str(hub.parent), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",

@@ -1,46 +1,116 @@
-"""Params that point at files outside the folders their stages depend on are refused, naming param and folder."""
+"""Outside inputs: params.yaml's derived `inputs` section names each file a stage reads wherever it lives (the
+path as written, absolute or relative), a README where the stage reads none; stages refuse a section that does not
+match their params."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+import yaml
 
-from safeclip.inputs import require_tracked, require_tracked_inputs, stage_inputs
+from safeclip.inputs import INPUTS, check_inputs, derive, rewrite, stage_inputs
 from safeclip.io import InputError
-from safeclip.params import Params
+from safeclip.params import Params, load_params
+from safeclip.profiles import compose
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def workspace(tmp_path: Path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "data/i2p").mkdir(parents=True)
-    (tmp_path / "data/i2p/i2p.csv").write_text("prompt,categories\n")
-    return tmp_path
+def leaves(section: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in section.items():
+        out.update(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
-def test_a_file_inside_its_folder_passes(workspace: Path) -> None:
-    require_tracked("data/i2p/i2p.csv", "i2p", "eval_generation.i2p_csv")
-    require_tracked(str(workspace / "data/i2p/i2p.csv"), "i2p", "eval_generation.i2p_csv")  # absolute is fine
+def test_the_world_reads_no_outside_file_so_every_input_is_its_folders_readme() -> None:
+    flat = leaves(derive(Params()))
+    assert flat["captions.captions.coco.annotations_train"] == "data/coco/README.md"
+    assert flat["base_llm.base_llm.source"] == "data/models/README.md"  # `world`
+    assert flat["eval_generation.eval_generation.i2p_csv"] == "data/i2p/README.md"  # unset
+    assert flat["evaluate.evaluate.zeroshot.datasets"] == ["data/zeroshot/README.md"] * 8
+    assert len(flat) == sum(len(v) for v in INPUTS.values())
+    assert all(str(v).endswith("README.md") or isinstance(v, list) for v in flat.values())
 
 
-def test_a_file_outside_its_folder_is_refused(workspace: Path, tmp_path_factory) -> None:
-    outside = tmp_path_factory.mktemp("elsewhere") / "i2p.csv"
-    outside.write_text("prompt,categories\n")
-    with pytest.raises(InputError, match=r"eval_generation\.i2p_csv: .*i2p\.csv: it is not inside data/i2p/.*"
-                                         r"editing it would rerun nothing"):
-        require_tracked(str(outside), "i2p", "eval_generation.i2p_csv")
-    with pytest.raises(InputError, match="not inside data/i2p/"):
-        require_tracked("data/coco/i2p.csv", "i2p", "eval_generation.i2p_csv")  # another kind's folder
+def test_paths_are_hashed_where_they_are_and_hub_ids_are_not_files(tmp_path: Path) -> None:
+    outside = tmp_path / "i2p.csv"
+    paper = Params.model_validate({
+        "captions": {"source": "coco", "coco": {"annotations_train": str(tmp_path / "coco/train.json")}},
+        "base_llm": {"source": "meta-llama/Llama-2-7b-chat-hf"}, "base_sd": {"source": "/shared/sd-v1-4"},
+        "base_clip": {"source": "open_clip:ViT-B-32/weights/oc.safetensors"},
+        "eval_generation": {"i2p_csv": str(outside)}, "eval_attack": {"n_generate": 0},
+        "judge": {"judges": ["q16"], "q16_prompts": "data/q16/p.safetensors", "q16_clip": "/shared/vit-l"}})
+    inputs = derive(paper)
+    assert inputs["captions"]["captions"]["coco"]["annotations_train"] == str(tmp_path / "coco/train.json")
+    assert inputs["captions"]["captions"]["coco"]["images_val"] == "data/coco/val2017"  # the default place
+    assert inputs["captions"]["captions"]["visu_hf"]["dataset"] == "data/visu_text/README.md"  # not read
+    assert inputs["base_llm"]["base_llm"]["source"] == "data/models/README.md"  # a hub id
+    assert inputs["base_sd"]["base_sd"]["source"] == "/shared/sd-v1-4"
+    assert inputs["base_clip"]["base_clip"]["source"] == "weights/oc.safetensors"  # relative, like any path
+    assert inputs["eval_generation"]["eval_generation"]["i2p_csv"] == str(outside)
+    assert inputs["eval_generation"]["judge"] == {"q16_prompts": "data/q16/p.safetensors", "q16_clip": "/shared/vit-l"}
+    assert inputs["judge"]["judge"]["q16_clip"] == "/shared/vit-l"
+    # Q16 is read by visu only when visu judges with it, and by eval_attack only when it generates
+    assert inputs["visu"]["judge"]["q16_prompts"] == "data/q16/README.md"
+    assert inputs["eval_attack"]["judge"]["q16_prompts"] == "data/q16/README.md"
+    tag = Params.model_validate({"base_clip": {"source": "open_clip:ViT-B-32/laion2b_s34b_b79k"}})
+    assert derive(tag)["base_clip"]["base_clip"]["source"] == "data/models/README.md"
 
 
-def test_a_symlink_into_the_folder_is_refused(workspace: Path, tmp_path_factory) -> None:
-    real = tmp_path_factory.mktemp("real")
-    (real / "i2p.csv").write_text("prompt,categories\n")
-    os.symlink(real, workspace / "data/i2p/linked")
-    with pytest.raises(InputError, match="symbolic link"):
-        require_tracked("data/i2p/linked/i2p.csv", "i2p", "eval_generation.i2p_csv")
+def test_zero_shot_sets_fill_their_slots_and_too_many_are_refused() -> None:
+    sets = [{"name": f"s{i}", "path": f"/data/s{i}"} for i in range(9)]
+    two = Params.model_validate({"evaluate": {"zeroshot": {"datasets": sets[:2]}}})
+    assert derive(two)["evaluate"]["evaluate"]["zeroshot"]["datasets"] == ["/data/s0", "/data/s1"] + [
+        "data/zeroshot/README.md"] * 6
+    with pytest.raises(InputError, match=r"evaluate\.zeroshot\.datasets: 9 datasets; dvc\.yaml tracks at most 8"):
+        derive(Params.model_validate({"evaluate": {"zeroshot": {"datasets": sets}}}))
+
+
+def test_a_stage_refuses_an_inputs_section_that_its_params_do_not_derive(tmp_path: Path) -> None:
+    """params.yaml edited by hand (the path changed, the section not): DVC would hash the old file."""
+    csv = tmp_path / "i2p.csv"
+    csv.write_text("prompt\n")
+    stale = derive(Params())
+    params = Params.model_validate({"eval_generation": {"i2p_csv": str(csv)}, "inputs": stale})
+    with pytest.raises(InputError, match=r"inputs\.eval_generation\.eval_generation\.i2p_csv: 'data/i2p/README\.md'"
+                                         r", but eval_generation\.i2p_csv derives '.*i2p\.csv'.*"
+                                         r"python -m safeclip\.inputs"):
+        check_inputs(params, "eval_generation@safe_clip")
+    check_inputs(params, "base_clip")  # its own part of the section still matches
+    fresh = Params.model_validate({"eval_generation": {"i2p_csv": str(csv)}, "inputs": derive(params)})
+    check_inputs(fresh, "eval_generation@safe_clip")
+    check_inputs(fresh, "ingest")  # a stage with no outside input
+
+
+def test_rewrite_rederives_a_hand_edited_params_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw["base_sd"]["source"] = "/shared/sd-v1-4"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert load_params(path).inputs["base_sd"]["base_sd"]["source"] == "data/models/README.md"  # stale
+    rewrite(path)
+    params = load_params(path)
+    assert params.inputs["base_sd"]["base_sd"]["source"] == "/shared/sd-v1-4"
+    assert params.base_sd.source == "/shared/sd-v1-4" and params.inputs == derive(params)
+
+
+def test_composition_derives_the_section_through_the_hydra_plugin(tmp_path: Path) -> None:
+    """`python -m safeclip.profiles` and `dvc exp run -S` compose through the same Hydra plugin path."""
+    out = tmp_path / "params.yaml"
+    csv = tmp_path / "shared/i2p.csv"
+    compose(out, ["profile=paper", f"eval_generation.i2p_csv={csv}", "base_sd.source=/shared/sd"], root=ROOT)
+    params = load_params(out)
+    assert params.inputs == derive(params)
+    assert params.inputs["eval_generation"]["eval_generation"]["i2p_csv"] == str(csv)
+    assert params.inputs["base_sd"]["base_sd"]["source"] == "/shared/sd"
+    assert params.inputs["base_llm"]["base_llm"]["source"] == "data/models/README.md"  # the paper's hub id
+    world = tmp_path / "world.yaml"
+    compose(world, [], root=ROOT)
+    assert world.read_text() == (ROOT / "params.yaml").read_text()  # the committed world composition
+    config = (ROOT / ".dvc/config").read_text()
+    assert "plugins_path = conf" in config and (ROOT / "conf/hydra_plugins/safeclip_inputs.py").is_file()
 
 
 def test_stage_inputs_follow_the_profile() -> None:
@@ -55,27 +125,3 @@ def test_stage_inputs_follow_the_profile() -> None:
     assert {p for p, _, _ in stage_inputs(paper, "eval_generation@safe_clip")} == {
         "judge.q16_prompts", "judge.q16_clip", "eval_generation.i2p_csv"}
     assert stage_inputs(paper, "base_llm") == [("base_llm.source", "meta-llama/x", "models")]
-
-
-def test_hub_ids_pass_and_local_model_paths_must_be_tracked(workspace: Path) -> None:
-    ok = Params.model_validate({"base_llm": {"source": "meta-llama/Llama-2-7b-chat-hf"},
-                                "base_clip": {"source": "open_clip:ViT-B-32/laion2b_s34b_b79k"}})
-    require_tracked_inputs(ok, "base_llm")
-    require_tracked_inputs(ok, "base_clip")
-    (workspace / "llm").mkdir()
-    bad = Params.model_validate({"base_llm": {"source": "./llm"}})
-    with pytest.raises(InputError, match=r"base_llm\.source: \./llm: it is not inside data/models/"):
-        require_tracked_inputs(bad, "base_llm")
-    oc = Params.model_validate({"base_clip": {"source": "open_clip:ViT-B-32//tmp/w.safetensors"}})
-    with pytest.raises(InputError, match=r"base_clip\.source: /tmp/w\.safetensors: it is not inside data/models/"):
-        require_tracked_inputs(oc, "base_clip")
-
-
-def test_a_relative_open_clip_weights_file_must_be_tracked_too(workspace: Path) -> None:
-    """load_open_clip reads any pretrained part ending in .safetensors as a file, relative paths included
-    (open_clip:ARCH/rel/w.safetensors): the same rule decides what must sit in data/models/."""
-    rel = Params.model_validate({"base_clip": {"source": "open_clip:ViT-B-32/rel/w.safetensors"}})
-    with pytest.raises(InputError, match=r"base_clip\.source: rel/w\.safetensors: it is not inside data/models/"):
-        require_tracked_inputs(rel, "base_clip")
-    inside = Params.model_validate({"base_clip": {"source": "open_clip:ViT-B-32/data/models/oc/w.safetensors"}})
-    require_tracked_inputs(inside, "base_clip")
