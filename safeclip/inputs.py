@@ -11,15 +11,15 @@ params.yaml says what each of those is under the current params. It is derived, 
   README of the param's default folder (`data/coco/README.md`, ...), so the world's `dvc repro` needs no data.
 
 `conf/config.yaml` writes `inputs: ${safeclip_inputs:}`: the composition (`python -m safeclip.profiles` and `dvc
-exp run -S`, both through Hydra) calls `derive` through the resolver in `conf/hydra_plugins/`. A params.yaml edited
-by hand is re-derived with `python -m safeclip.inputs`; a stage refuses to start when the section does not match
-its params, since DVC would then hash files other than those the stage reads. Hub ids are not files: the model
-stages record the snapshot they resolved to, and their `revision` param reruns them.
+exp run -S`, both through Hydra) calls `derive` through the resolver that safeclip.profiles registers (and the
+Hydra plugin in `conf/hydra_plugins/`, for DVC). A params.yaml edited by hand is re-derived with `python -m
+safeclip.profiles --inputs`; a stage refuses to start when the section does not match its params, since DVC would
+then hash files other than those the stage reads. Hub ids are not files: the model stages record the snapshot
+they resolved to, and their `revision` param reruns them.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,18 @@ def derive(params) -> dict[str, dict]:
     return out
 
 
+def missing(params) -> list[str]:
+    """One line per local input some stage reads that does not exist, naming the param and its stages."""
+    where: dict[tuple[str, str], list[str]] = {}
+    for stage in INPUTS:
+        for param, value, kind in stage_inputs(params, stage):
+            path = local_path(value, kind)
+            if path is not None and not Path(path).expanduser().exists():
+                where.setdefault((param, path), []).append(stage)
+    return [f"{param}: {path}: no such file or folder (read by {', '.join(stages)})"
+            for (param, path), stages in where.items()]
+
+
 def _dotted(section: dict, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in section.items():
@@ -159,44 +171,5 @@ def check_inputs(params, stage: str) -> None:
     if wrong:
         raise InputError("params.yaml: the inputs section does not match the params (edited by hand?), so DVC "
                          "would hash other files than this stage reads: " + "; ".join(wrong) +
-                         ". Re-derive it with `python -m safeclip.inputs` (composing with `python -m "
+                         ". Re-derive it with `python -m safeclip.profiles --inputs` (composing with `python -m "
                          "safeclip.profiles` or `dvc exp run -S` derives it too)")
-
-
-def resolve_inputs(*, _root_):
-    """The OmegaConf resolver behind `inputs: ${safeclip_inputs:}` in conf/config.yaml: the composed params,
-    less the section itself, validated, then derived (as a DictConfig: `OmegaConf.resolve`, which DVC's
-    composition calls, puts a container in place of the interpolation but refuses a plain dict there)."""
-    from omegaconf import OmegaConf
-
-    from safeclip.params import Params
-
-    raw = OmegaConf.to_container(_root_, resolve=False)
-    raw.pop("inputs", None)
-    raw = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
-    return OmegaConf.create(derive(Params.model_validate(raw)))
-
-
-def register_resolver() -> None:
-    """`${safeclip_inputs:}` for OmegaConf: the Hydra plugin calls this when DVC composes, and so does
-    safeclip.profiles (Hydra scans its plugin path once per process, so it cannot be relied on twice)."""
-    from omegaconf import OmegaConf
-
-    OmegaConf.register_new_resolver("safeclip_inputs", resolve_inputs, replace=True)
-
-
-def rewrite(path: str | Path = "params.yaml") -> None:
-    """Re-derive the `inputs` section of a params.yaml in place (after editing it by hand)."""
-    import yaml
-
-    from safeclip.io import write_text
-    from safeclip.params import load_params
-
-    params = load_params(path)  # its errors name the key and line
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    raw["inputs"] = derive(params)
-    write_text(path, yaml.safe_dump(raw, sort_keys=False))
-
-
-if __name__ == "__main__":
-    rewrite(sys.argv[1] if len(sys.argv) > 1 else "params.yaml")

@@ -3,6 +3,11 @@
     python -m safeclip.profiles                 # the committed world default
     python -m safeclip.profiles profile=paper   # make the paper profile the workspace default for `dvc repro`
     python -m safeclip.profiles profile=paper @examples/paper-1gpu.overrides   # + the overrides in a file
+    python -m safeclip.profiles --inputs        # re-derive the `inputs` section of a hand-edited params.yaml
+
+The composition also derives params.yaml's `inputs` section (what dvc.yaml's ${inputs.<stage>.<param>} deps
+hash, see safeclip/inputs.py) through the `${safeclip_inputs:}` resolver registered here. Stages never import
+this module: the resolver's code is not a dependency of every stage.
 """
 
 from __future__ import annotations
@@ -12,15 +17,60 @@ import sys
 from pathlib import Path
 
 
+def warn_missing(params) -> None:
+    """At composition, before any stage: DVC itself would stop at a missing dependency naming only its path."""
+    from safeclip.inputs import missing
+
+    for line in missing(params):
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def resolve_inputs(*, _root_):
+    """The OmegaConf resolver behind `inputs: ${safeclip_inputs:}` in conf/config.yaml: the composed params,
+    less the section itself, validated, then derived (as a DictConfig: `OmegaConf.resolve`, which DVC's
+    composition calls, puts a container in place of the interpolation but refuses a plain dict there)."""
+    from omegaconf import OmegaConf
+
+    from safeclip.inputs import derive
+    from safeclip.params import Params
+
+    raw = OmegaConf.to_container(_root_, resolve=False)
+    raw.pop("inputs", None)
+    params = Params.model_validate(OmegaConf.to_container(OmegaConf.create(raw), resolve=True))
+    warn_missing(params)
+    return OmegaConf.create(derive(params))
+
+
+def register_resolver() -> None:
+    """`${safeclip_inputs:}` for OmegaConf: the Hydra plugin in conf/hydra_plugins/ calls this when DVC composes,
+    and `compose` does (Hydra scans its plugin path once per process, so that cannot be relied on twice)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("safeclip_inputs", resolve_inputs, replace=True)
+
+
 def compose(output: str | Path, overrides: list[str], root: str | Path = ".") -> None:
     from dvc.utils.hydra import compose_and_dump
-
-    from safeclip.inputs import register_resolver
 
     register_resolver()
     root = Path(root).resolve()
     # plugins from conf/hydra_plugins/, as `dvc exp run` loads them (hydra.plugins_path in .dvc/config)
     compose_and_dump(str(output), str(root / "conf"), None, "config", str(root / "conf"), overrides)
+
+
+def rederive_inputs(path: str | Path = "params.yaml") -> None:
+    """Re-derive the `inputs` section of a params.yaml in place, after editing it by hand."""
+    import yaml
+
+    from safeclip.inputs import derive
+    from safeclip.io import write_text
+    from safeclip.params import load_params
+
+    params = load_params(path)  # its errors name the key and line
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    raw["inputs"] = derive(params)
+    write_text(path, yaml.safe_dump(raw, sort_keys=False))
+    warn_missing(params)
 
 
 def expand(args: list[str]) -> list[str]:
@@ -37,6 +87,9 @@ def expand(args: list[str]) -> list[str]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--inputs"]:
+        rederive_inputs(sys.argv[2] if len(sys.argv) > 2 else Path(os.getcwd()) / "params.yaml")
+        return
     compose(Path(os.getcwd()) / "params.yaml", expand(sys.argv[1:]))
 
 

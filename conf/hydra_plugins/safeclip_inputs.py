@@ -4,6 +4,6 @@ Hydra imports every module of the `hydra_plugins` package on its plugin path whe
 (`dvc exp run`, with `hydra.plugins_path = conf` in .dvc/config).
 """
 
-from safeclip.inputs import register_resolver
+from safeclip.profiles import register_resolver
 
 register_resolver()

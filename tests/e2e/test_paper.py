@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from safeclip.inputs import rewrite
+from safeclip.profiles import rederive_inputs
 from tests.e2e import paper_models as pm
 from tests.e2e.test_pipeline import ROOT, copy_repo
 from tests.hubcache import file_in_cache
@@ -209,7 +209,7 @@ def test_an_open_clip_base_wider_than_the_unet_skips_text_to_image_and_the_rest_
     params["methods"] = ["uwm"]
     params["eval_attack"]["search_width"] = 8  # a 10-layer text tower: 64 candidates a step made eval_attack 75 s
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    rewrite(repo / "params.yaml")  # re-derives the inputs section, as after any hand edit
+    rederive_inputs(repo / "params.yaml")  # re-derives the inputs section, as after any hand edit
     hub = Path(pointer(paper, "base_llm")["resolved_path"]).parents[2]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(repo), "HF_HOME": str(hub.parent), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",
@@ -265,7 +265,7 @@ def test_visu_text_captions_skip_the_llm_stages_and_the_rest_completes(paper, tm
     params["captions"]["visu_hf"].update(dataset="data/visu_text", coco_images=coco_images)
     params["methods"] = ["uwm"]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    rewrite(repo / "params.yaml")  # re-derives the inputs section, as after any hand edit
+    rederive_inputs(repo / "params.yaml")  # re-derives the inputs section, as after any hand edit
     hub = Path(pointer(paper, "base_llm")["resolved_path"]).parents[2]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": str(repo), "HF_HOME": str(hub.parent), "HF_HUB_CACHE": str(hub), "HF_HUB_OFFLINE": "1",

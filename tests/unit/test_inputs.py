@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from safeclip.inputs import INPUTS, check_inputs, derive, rewrite, stage_inputs
+from safeclip.inputs import INPUTS, check_inputs, derive, stage_inputs
 from safeclip.io import InputError
 from safeclip.params import Params, load_params
-from safeclip.profiles import compose
+from safeclip.profiles import compose, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +76,7 @@ def test_a_stage_refuses_an_inputs_section_that_its_params_do_not_derive(tmp_pat
     params = Params.model_validate({"eval_generation": {"i2p_csv": str(csv)}, "inputs": stale})
     with pytest.raises(InputError, match=r"inputs\.eval_generation\.eval_generation\.i2p_csv: 'data/i2p/README\.md'"
                                          r", but eval_generation\.i2p_csv derives '.*i2p\.csv'.*"
-                                         r"python -m safeclip\.inputs"):
+                                         r"python -m safeclip\.profiles --inputs"):
         check_inputs(params, "eval_generation@safe_clip")
     check_inputs(params, "base_clip")  # its own part of the section still matches
     fresh = Params.model_validate({"eval_generation": {"i2p_csv": str(csv)}, "inputs": derive(params)})
@@ -84,16 +84,29 @@ def test_a_stage_refuses_an_inputs_section_that_its_params_do_not_derive(tmp_pat
     check_inputs(fresh, "ingest")  # a stage with no outside input
 
 
-def test_rewrite_rederives_a_hand_edited_params_yaml(tmp_path: Path) -> None:
+def test_profiles_inputs_rederives_a_hand_edited_params_yaml(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "params.yaml"
     raw = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     raw["base_sd"]["source"] = "/shared/sd-v1-4"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert load_params(path).inputs["base_sd"]["base_sd"]["source"] == "data/models/README.md"  # stale
-    rewrite(path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["safeclip.profiles", "--inputs"])
+    main()  # python -m safeclip.profiles --inputs
     params = load_params(path)
     assert params.inputs["base_sd"]["base_sd"]["source"] == "/shared/sd-v1-4"
     assert params.base_sd.source == "/shared/sd-v1-4" and params.inputs == derive(params)
+
+
+def test_a_missing_input_is_reported_at_composition_naming_the_param(tmp_path: Path, capsys) -> None:
+    """Before any stage runs: DVC would stop at the missing dependency naming only its path."""
+    gone = tmp_path / "gone.csv"
+    compose(tmp_path / "params.yaml", [f"eval_generation.i2p_csv={gone}"], root=ROOT)
+    err = capsys.readouterr().err
+    assert f"warning: eval_generation.i2p_csv: {gone}: no such file or folder (read by eval_generation)" in err
+    gone.write_text("prompt\n")
+    compose(tmp_path / "params.yaml", [f"eval_generation.i2p_csv={gone}"], root=ROOT)
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_composition_derives_the_section_through_the_hydra_plugin(tmp_path: Path) -> None:
