@@ -164,30 +164,35 @@ def test_each_stage_wrote_what_the_paper_face_promises(paper: Path) -> None:
 
 
 def test_an_edited_input_the_run_read_reruns_exactly_the_stages_that_read_it(paper: Path) -> None:
-    """Inputs outside the repo, as DVC dependencies: one more prompt in the I2P CSV, one COCO caption edited, a
-    weight file of the NSFW generator (reached through a symbolic link) changed, and `dvc status` names exactly the
-    stages that read each; every file restored, the workspace is clean again."""
+    """Inputs outside the repo, as DVC dependencies: one more prompt in the I2P CSV, one COCO caption edited, Q16's
+    prompts, a file of SD's folder, and one of the NSFW generator's (reached through a symbolic link) changed, and
+    `dvc status` names exactly the stages that read each; every file restored, the workspace is clean again."""
     params = yaml_params(paper)
     csv = Path(params["eval_generation"]["i2p_csv"])
     coco = Path(params["captions"]["coco"]["annotations_train"])
+    q16 = Path(params["judge"]["q16_prompts"])
     linked = Path(params["visu"]["images"]["pipeline"])
-    assert linked.is_symlink() and not csv.is_relative_to(paper) and not coco.is_relative_to(paper)
-    weights = next(p for p in sorted(linked.resolve().rglob("*.json")))
+    assert linked.is_symlink() and not any(p.is_relative_to(paper) for p in (csv, coco, q16, linked))
+    sd_file = Path(params["base_sd"]["source"]) / "model_index.json"
+    nsfw_file = linked.resolve() / "model_index.json"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1"}
 
     def changed_by(path: Path, edit) -> set[str]:
-        original = path.read_text()
-        path.write_text(edit(original))
+        original = path.read_bytes()
+        path.write_bytes(edit(original))
         try:
             return set(json.loads(run(["dvc", "status", "--json"], paper, env).stdout))
         finally:
-            path.write_text(original)
+            path.write_bytes(original)
 
-    i2p = changed_by(csv, lambda t: t + t.splitlines()[-1] + "\n")
-    assert i2p == {"eval_generation_base", *(f"eval_generation@{m}" for m in METHODS)}, i2p
-    assert changed_by(coco, lambda t: t.replace('"caption": "', '"caption": "edited ', 1)) == {"captions"}
-    assert changed_by(weights, lambda t: t.replace("{", '{"edited": 1, ', 1)) == {"visu"}
+    evaluation = {f"{s}{m}" for s in ("eval_generation", "eval_attack") for m in ("_base", *(f"@{m}" for m in METHODS))}
+    assert changed_by(csv, lambda b: b + b.splitlines()[-1] + b"\n") == {
+        "eval_generation_base", *(f"eval_generation@{m}" for m in METHODS)}
+    assert changed_by(coco, lambda b: b.replace(b'"caption": "', b'"caption": "edited ', 1)) == {"captions"}
+    assert changed_by(q16, lambda b: b + b"\0") == {"visu", "judge", *evaluation}
+    assert changed_by(sd_file, lambda b: b.replace(b"{", b'{"edited": 1, ', 1)) == {"base_sd"}
+    assert changed_by(nsfw_file, lambda b: b.replace(b"{", b'{"edited": 1, ', 1)) == {"visu"}
     assert json.loads(run(["dvc", "status", "--json"], paper, env).stdout) == {}
 
 
