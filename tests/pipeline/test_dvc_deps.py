@@ -148,12 +148,21 @@ def test_the_committed_lock_is_what_the_committed_code_params_and_inputs_hash(tm
         out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout
     status = json.loads(out)
     assert status, "no outputs and yet nothing to reproduce"
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text(encoding="utf-8"))["stages"]
+    produced = {o["path"] for s in lock.values() for o in s.get("outs", [])}
     for stage, entries in status.items():
-        kinds = {k for e in entries if isinstance(e, dict) for k in e}
-        assert kinds <= {"changed outs"}, f"{stage}: {entries} (refresh dvc.lock from the committed code)"
         for e in entries:
-            if isinstance(e, dict):
-                assert set(e["changed outs"].values()) <= {"deleted", "not in cache"}, (stage, e)
+            assert isinstance(e, dict) and set(e) <= {"changed outs", "changed deps"}, (
+                f"{stage}: {entries} (refresh dvc.lock from the committed code)")
+            missing = {"deleted", "not in cache"}
+            assert set(e.get("changed outs", {}).values()) <= missing, (stage, e)
+            # upstream outputs (or folders of them) are missing too, and only those: code, params and outside
+            # inputs hash as locked
+            deps = e.get("changed deps", {})
+            upstream = {d for d in deps if any(d == o or d.startswith(f"{o}/") or o.startswith(f"{d}/")
+                                               for o in produced)}
+            assert set(deps) == upstream, (
+                f"{stage}: {deps} (refresh dvc.lock from the committed code)")
 
 
 def test_a_new_hub_revision_reruns_the_stage_that_resolves_it() -> None:
