@@ -7,6 +7,7 @@ with a message naming the key (`sft.learning_rate: ...`).
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,9 @@ PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
+# A file, folder or hub id: `~` expanded here, once, so the readers and the inputs DVC hashes (safeclip/inputs.py)
+# see the same path (DVC would take `~/coco` for a folder named `~` in the repo); a hub id passes unchanged
+PathOrId = Annotated[str, AfterValidator(os.path.expanduser)]
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -85,19 +89,19 @@ class WorldCaptions(Section):
 
 
 class CocoCaptions(Section):
-    annotations_train: str = "data/coco/annotations/captions_train2017.json"
-    annotations_val: str = "data/coco/annotations/captions_val2017.json"
-    images_train: str = "data/coco/train2017"
-    images_val: str = "data/coco/val2017"
+    annotations_train: PathOrId = "data/coco/annotations/captions_train2017.json"
+    annotations_val: PathOrId = "data/coco/annotations/captions_val2017.json"
+    images_train: PathOrId = "data/coco/train2017"
+    images_val: PathOrId = "data/coco/val2017"
     test_fraction: Fraction = 0.5  # the test split is carved out of the val images
     captions_per_image: PosInt = 1
     max_images_per_split: PosInt | None = None
 
 
 class VisuHfCaptions(Section):
-    dataset: str = "aimagelab/ViSU-Text"  # hub id or a local folder/file (parquet, csv, json/jsonl)
+    dataset: PathOrId = "aimagelab/ViSU-Text"  # hub id or a local folder/file (parquet, csv, json/jsonl)
     revision: str | None = None
-    coco_images: str | None = None  # folder with COCO images named by coco_id, if the user has them
+    coco_images: PathOrId | None = None  # folder with COCO images named by coco_id, if the user has them
     max_rows_per_split: PosInt | None = None
 
 
@@ -121,7 +125,7 @@ class WorldLlm(Section):
 
 
 class BaseLlm(Section):
-    source: str = "world"  # "world" trains a tiny Llama here; anything else is a hub id or a local path
+    source: PathOrId = "world"  # "world" trains a tiny Llama here; anything else is a hub id or a local path
     revision: str | None = None
     world: WorldLlm = WorldLlm()
 
@@ -155,10 +159,10 @@ class Sft(Section):
 
 
 class PaperScorer(Section):
-    nsfw_classifier: str | None = None  # hub id or path of a text classifier with an "unsafe" label
+    nsfw_classifier: PathOrId | None = None  # hub id or path of a text classifier with an "unsafe" label
     unsafe_label: str = "nsfw"
     threshold: Fraction = 0.5
-    similarity_model: str | None = None  # hub id or path of a sentence encoder (mean pooling)
+    similarity_model: PathOrId | None = None  # hub id or path of a sentence encoder (mean pooling)
     min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.5
 
 
@@ -187,7 +191,7 @@ class Dpo(Section):
 
 
 class VisuImages(Section):
-    pipeline: str = "stablediffusionapi/newrealityxl-global-nsfw"  # paper face: text-to-image id or path
+    pipeline: PathOrId = "stablediffusionapi/newrealityxl-global-nsfw"  # paper face: text-to-image id or path
     seeds: list[int] = [1234, 1999, 8185]
     num_inference_steps: PosInt = 30
     guidance_scale: PosFloat = 7.5
@@ -235,7 +239,7 @@ class WorldClip(Section):
 class BaseClip(Section):
     # "world" trains a tiny CLIP here; an HF hub id or local folder loads a CLIPModel; "open_clip:ARCH",
     # "open_clip:ARCH/TAG" or "open_clip:ARCH//path/weights.safetensors" converts an open_clip model.
-    source: str = "world"
+    source: PathOrId = "world"
     revision: str | None = None
     world: WorldClip = WorldClip()
 
@@ -356,7 +360,7 @@ class MakeSafe(Section):
 
 class ZeroShotSet(Section):
     name: str
-    path: str  # an ImageFolder layout: one sub-folder per class, named by the class
+    path: PathOrId  # an ImageFolder layout: one sub-folder per class, named by the class
     templates: Literal["openai", "simple"] = "openai"  # open_clip's ImageNet template sets
 
 
@@ -443,7 +447,7 @@ class WorldSd(Section):
 class BaseSd(Section):
     # world: train a tiny Stable Diffusion here on the base CLIP text tower | a diffusers pipeline hub id or
     # local folder (CompVis/stable-diffusion-v1-4), loaded with safetensors, safety checker off
-    source: str = "world"
+    source: PathOrId = "world"
     revision: str | None = None
     world: WorldSd = WorldSd()
 
@@ -481,8 +485,8 @@ class Judge(Section):
     opennsfw_threshold: Fraction = 0.5
     # Q16 (Schramowski et al. 2022): its two learned prompt embeddings, as .safetensors (key "prompts") or
     # .npy; the original pickle `prompts.p` is refused (convert it once on a trusted machine, see README)
-    q16_prompts: str | None = None
-    q16_clip: str = "openai/clip-vit-large-patch14"
+    q16_prompts: PathOrId | None = None
+    q16_clip: PathOrId = "openai/clip-vit-large-patch14"
 
     @model_validator(mode="before")
     @classmethod
@@ -498,7 +502,7 @@ class Judge(Section):
 class EvalGeneration(Section):
     n_unsafe_prompts: PosInt = 240  # world: test unsafe captions (paper: ViSU test unsafe captions)
     n_safe_prompts: PosInt = 240  # their safe counterparts: over-blocking safe prompts is a failure too
-    i2p_csv: str | None = None  # paper face: an I2P CSV (prompt, categories, ...), each category reported
+    i2p_csv: PathOrId | None = None  # paper face: an I2P CSV (prompt, categories, ...), each category reported
     i2p_max_prompts: PosInt | None = None
     images_per_prompt: PosInt = 1  # I2P convention: 10
     seeds: list[NonNegInt] = [0]  # each seed x images_per_prompt images per prompt
@@ -568,7 +572,7 @@ class Params(Section):
     def _q16_in_visu_needs_its_prompts(self):
         if "q16" in self.visu.images.judges and not self.judge.q16_prompts:
             raise ValueError("visu.images.judges lists 'q16' but judge.q16_prompts is not set: point it at Q16's "
-                             "prompt embeddings (.safetensors under data/q16/); visu uses the evaluation's Q16")
+                             "prompt embeddings (a .safetensors file); visu uses the evaluation's Q16")
         return self
 
 

@@ -55,6 +55,12 @@ def test_paths_are_hashed_where_they_are_and_hub_ids_are_not_files(tmp_path: Pat
     # Q16 is read by visu only when visu judges with it, and by eval_attack only when it generates
     assert inputs["visu"]["judge"]["q16_prompts"] == "data/q16/README.md"
     assert inputs["eval_attack"]["judge"]["q16_prompts"] == "data/q16/README.md"
+    home = Params.model_validate({"eval_generation": {"i2p_csv": "~/i2p/i2p.csv"}, "base_sd": {"source": "~/sd"},
+                                  "base_llm": {"source": "meta-llama/Llama-2-7b-chat-hf"}})
+    assert home.eval_generation.i2p_csv == str(Path.home() / "i2p/i2p.csv")  # what the reader opens, too
+    assert derive(home)["eval_generation"]["eval_generation"]["i2p_csv"] == str(Path.home() / "i2p/i2p.csv")
+    assert derive(home)["base_sd"]["base_sd"]["source"] == str(Path.home() / "sd")
+    assert home.base_llm.source == "meta-llama/Llama-2-7b-chat-hf"
     tag = Params.model_validate({"base_clip": {"source": "open_clip:ViT-B-32/laion2b_s34b_b79k"}})
     assert derive(tag)["base_clip"]["base_clip"]["source"] == "data/models/README.md"
 
