@@ -83,7 +83,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     held_out = held_out_scenes(TEST)
-    scenes = sd_train.training_scenes(held_out)
+    scenes = sd_train.training_scenes(held_out, params.world.positions)
     rcfg = dataclasses.replace(render_config(params.world), noise_std=w.render_noise_std)
     t0 = time.perf_counter()
     images, labels, captions = sd_train.render_pool(scenes, w.renders_per_scene, rcfg, seed)

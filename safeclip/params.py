@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from safeclip.world.catalogue import POSITIONS
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -59,6 +61,13 @@ MAX_GLYPH_FRACTION_SHARED = 0.34
 
 class World(Section):
     image_size: Literal[32, 64] = 32
+    # The cells of the 3x3 grid a scene may use (kept in grid order, `top left` .. `bottom right`); a glyph keeps its
+    # cell, so a caption means the same picture in every world. The default is the middle row (stop 45, the
+    # one-sitting issue): a third of the scenes, and the generator draws objects in half the UNet steps. Seed 0,
+    # benchmarks/sd_curve.py on 120 held-out prompts (object drawn / unsafe prompts judged unsafe %): 9 positions
+    # 19.2 / 16.7 at 750 steps, 26.7 / 36.7 at 1,000, 49.2 / 70.0 at 1,500; the middle row 45.8 / 68.3 at 750,
+    # 51.7 / 76.7 at 1,000. The captions' splits shrink with it (1,104 twinned one-object scenes in the row).
+    positions: list[str] = ["left", "centre", "right"]
     glyph_fraction: Annotated[float, Field(gt=0.1, le=0.5)] = 0.45
     size_jitter: NonNegInt = 1
     position_jitter: NonNegInt = 1
@@ -66,11 +75,24 @@ class World(Section):
     noise_std: Annotated[float, Field(ge=0, le=50)] = 6.0
     max_objects: Annotated[int, Field(ge=1, le=2)] = 1
 
+    @field_validator("positions")
+    @classmethod
+    def _known_positions_in_grid_order(cls, v: list[str]) -> list[str]:
+        unknown = [p for p in v if p not in POSITIONS]
+        if unknown:
+            raise ValueError(f"unknown position(s) {unknown}; the grid's are {list(POSITIONS)}")
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"world.positions must name each position at most once, and at least one: {v}")
+        return [p for p in POSITIONS if p in v]  # grid order, so equal sets are equal params and draw alike
+
     @model_validator(mode="after")
     def _glyphs_fit_their_cells(self) -> World:
         """Two objects sit in distinct cells of the 3x3 grid, so a glyph wider than a cell (a third of the canvas,
         less the jitter) would overlap its neighbour and the judge could not tell which object is where. A lone
         object may be larger: the glyph, not the grid, is what a tiny generator has to learn to draw."""
+        if self.max_objects > len(self.positions):
+            raise ValueError(f"world.max_objects {self.max_objects} > {len(self.positions)} world.positions: objects "
+                             "sit at distinct positions")
         if self.max_objects > 1 and self.glyph_fraction > MAX_GLYPH_FRACTION_SHARED:
             raise ValueError(f"world.glyph_fraction {self.glyph_fraction} > {MAX_GLYPH_FRACTION_SHARED} with "
                              f"world.max_objects {self.max_objects}: glyphs of two objects would overlap")
@@ -83,9 +105,11 @@ class Ingest(Section):
 
 
 class WorldCaptions(Section):
-    n_train: PosInt = 2000
-    n_val: PosInt = 300
-    n_test: PosInt = 1000
+    # unique safe scenes, disjoint: n_train + n_val + n_test <= the world's twinned one-object scenes (1,104 in
+    # the middle row, 3,312 on the whole grid; 2,000 / 300 / 1,000 there until stop 45)
+    n_train: PosInt = 600
+    n_val: PosInt = 100
+    n_test: PosInt = 400
 
 
 class CocoCaptions(Section):
@@ -407,7 +431,7 @@ class WorldUnet(Section):
     # Object drawing is learnt late, at a step that moves with the seed, and sooner per second at batch 64 than at
     # 32 (README): on seed 1 (the late one) the judge read the object on 120 held-out prompts 39% after 3,000
     # steps at batch 32 (302 s) and 79% after 2,000 at batch 64 (355 s); batch 128 was no better per second
-    steps: PosInt = 2000
+    steps: PosInt = 1000  # 2,000 on the whole grid (until stop 45): the middle row's objects come twice as soon
     batch_size: PosInt = 64
     learning_rate: PosFloat = 2e-3
     warmup_steps: NonNegInt = 100
@@ -454,7 +478,9 @@ class BaseSd(Section):
 
 class WorldJudgeTrain(Section):
     """The world's oracle judge: a small CNN with object/colour/position/background heads on real renders."""
-    renders_per_scene: PosInt = 3
+    # 9 renders of each of the middle row's scenes: the images (and steps) 3 renders of the whole grid's gave. At 3
+    # renders (a third of the training) its held-out object accuracy fell to 95.7% (seed 0)
+    renders_per_scene: PosInt = 9
     held_out_fraction: Fraction = 0.1  # scenes never seen in training, for the accuracy metric
     # 4 epochs (8 until stop 41; benchmarks/judge_curve.py): held-out object 99.2 / 98.9 / 100% on seeds 0-2. On
     # the 1,920 images eval_generation drew (seed 0), it and the 8-epoch judge disagree on 7.2% of unsafe verdicts,

@@ -40,7 +40,7 @@ def main() -> None:
     torch.manual_seed(params.base.seed)
     model = build_world_llm(w, tok)
     corpus = world_corpus(scaled(w.pretrain_captions, params.base.scale, 64), params.base.seed,
-                          params.world.max_objects)
+                          params.world.max_objects, params.world.positions)
     steps = scaled(w.pretrain_steps, params.base.scale, 5)
     args = SFTConfig(max_steps=steps, per_device_train_batch_size=w.batch_size, learning_rate=w.learning_rate,
                      lr_scheduler_type="cosine", warmup_steps=max(1, steps // 20), max_length=64,

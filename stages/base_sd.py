@@ -61,7 +61,7 @@ def main() -> None:
                          f"'{params.captions.source}' point it at a diffusers pipeline (CompVis/stable-diffusion-v1-4)")
     w, seed, size = cfg.world, params.base.seed, params.world.image_size
     held_out = held_out_scenes(TEST)
-    scenes = sd_train.training_scenes(held_out)
+    scenes = sd_train.training_scenes(held_out, params.world.positions)
     if params.base.scale < 1:  # CI: a seeded subset of the scenes, the same code path
         keep = np.random.default_rng([seed, 8]).permutation(len(scenes))[:scaled(len(scenes), params.base.scale, 64)]
         scenes = [scenes[i] for i in sorted(keep)]

@@ -30,7 +30,8 @@ def main() -> None:
             from safeclip.eval import world_judge as wj
 
             w = cfg.world
-            train, held = wj.judge_split(enumerate_scenes(tuple(OBJECTS)), w.held_out_fraction, seed)
+            train, held = wj.judge_split(enumerate_scenes(tuple(OBJECTS), params.world.positions),
+                                         w.held_out_fraction, seed)
             rcfg = render_config(params.world)
             n = scaled(len(train), params.base.scale, 64)
             x, y = wj.render_judge_set(train[:n], w.renders_per_scene, rcfg, seed)
@@ -54,7 +55,7 @@ def main() -> None:
         metrics.update({f"judge.{j.name}.loaded": 1 for j in panel})
         log.info("judges loaded: %s", ", ".join(j.name for j in panel) or "none")
     elif panel:
-        scenes = enumerate_scenes(tuple(o for o in OBJECTS if not OBJECTS[o].unsafe))
+        scenes = enumerate_scenes(tuple(o for o in OBJECTS if not OBJECTS[o].unsafe), params.world.positions)
         pick = np.random.default_rng([seed, 7]).permutation(len(scenes))[:scaled(200, params.base.scale, 8)]
         from safeclip.world.render import render
 

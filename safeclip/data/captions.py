@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from PIL import Image
 from safeclip.data.schemas import SPLITS
 from safeclip.io import InputError
 from safeclip.params import CocoCaptions, VisuHfCaptions, World, WorldCaptions
-from safeclip.world.catalogue import TWINNED_SAFE
+from safeclip.world.catalogue import POSITIONS, TWINNED_SAFE
 from safeclip.world.grammar import caption
 from safeclip.world.render import RenderConfig, render, to_png
 from safeclip.world.scene import Scene, enumerate_scenes, sample_scene
@@ -29,7 +29,8 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha1(":".join(map(str, parts)).encode()).digest()[:4], "little")
 
 
-def world_scenes(counts: dict[str, int], seed: int, max_objects: int) -> dict[str, list[Scene]]:
+def world_scenes(counts: dict[str, int], seed: int, max_objects: int,
+                 positions: Sequence[str] = tuple(POSITIONS)) -> dict[str, list[Scene]]:
     """Unique safe scenes per split, disjoint across splits (test scenes are held out of all training).
 
     Only safe objects that have an unsafe twin are used, so each caption has one well-defined unsafe version.
@@ -37,15 +38,16 @@ def world_scenes(counts: dict[str, int], seed: int, max_objects: int) -> dict[st
     total = sum(counts.values())
     rng = np.random.default_rng(seed)
     if max_objects == 1:
-        pool = enumerate_scenes(TWINNED_SAFE)
+        pool = enumerate_scenes(TWINNED_SAFE, positions)
         if total > len(pool):
-            raise ValueError(f"captions.world: {total} scenes asked, the one-object world has {len(pool)}")
+            raise ValueError(f"captions.world: {total} scenes asked (n_train + n_val + n_test), the one-object world "
+                             f"at {len(positions)} positions has {len(pool)}")
         picked = [pool[i] for i in rng.permutation(len(pool))[:total]]
     else:
         seen: set[Scene] = set()
         picked = []
         while len(picked) < total:
-            s = sample_scene(rng, TWINNED_SAFE, max_objects)
+            s = sample_scene(rng, TWINNED_SAFE, max_objects, positions)
             if s not in seen:
                 seen.add(s)
                 picked.append(s)
@@ -62,7 +64,7 @@ def world_rows(cfg: WorldCaptions, world: World, seed: int, scale: float) -> Ite
     counts = {"train": scaled(cfg.n_train, scale, 8), "val": scaled(cfg.n_val, scale, 8),
               "test": scaled(cfg.n_test, scale, 8)}
     rcfg = render_config(world)
-    for split, scenes in world_scenes(counts, seed, world.max_objects).items():
+    for split, scenes in world_scenes(counts, seed, world.max_objects, world.positions).items():
         for i, scene in enumerate(scenes):
             rseed = stable_seed(seed, split, i)
             yield {"id": f"world-{split}-{i:05d}", "split": split, "caption": caption(scene),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +14,15 @@ from safeclip.io import atomic_dir
 from safeclip.llm.template import PROMPT
 from safeclip.params import WorldLlm
 from safeclip.runtime import compute_device
-from safeclip.world.catalogue import OBJECTS
+from safeclip.world.catalogue import OBJECTS, POSITIONS
 from safeclip.world.grammar import caption, vocabulary
 from safeclip.world.scene import sample_scene
 
 
-def world_corpus(n: int, seed: int, max_objects: int) -> list[str]:
+def world_corpus(n: int, seed: int, max_objects: int, positions: Sequence[str] = tuple(POSITIONS)) -> list[str]:
     """World 'web text': captions of random scenes over every object, safe and unsafe."""
     rng = np.random.default_rng(seed)
-    return [caption(sample_scene(rng, tuple(OBJECTS), max_objects)) for _ in range(n)]
+    return [caption(sample_scene(rng, tuple(OBJECTS), max_objects, positions)) for _ in range(n)]
 
 
 def tokenizer_corpus() -> list[str]:

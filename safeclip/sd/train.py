@@ -24,11 +24,11 @@ from safeclip.world.render import RenderConfig, render
 from safeclip.world.scene import Scene, enumerate_scenes
 
 
-def training_scenes(held_out: Sequence[Scene]) -> list[Scene]:
+def training_scenes(held_out: Sequence[Scene], positions: Sequence[str]) -> list[Scene]:
     """Every one-object world scene except the held-out ones (the test scenes and their unsafe twins), so the
-    evaluation prompts are never captions the generator was trained on."""
+    evaluation prompts are never captions the generator was trained on; at the world's positions only."""
     skip = {s.canonical() for s in held_out}
-    return [s for s in enumerate_scenes(tuple(OBJECTS)) if s not in skip]
+    return [s for s in enumerate_scenes(tuple(OBJECTS), positions) if s not in skip]
 
 
 def render_pool(scenes: Sequence[Scene], renders_per_scene: int, rcfg: RenderConfig,

@@ -4,24 +4,28 @@ Like real curated data and ViSU, about 30% of the pairs drift off the safe scene
 or background), so a model fine-tuned on them keeps the scene only ~70% of the time: the headroom that DPO,
 which prefers on-scene rewrites, must then claim.
 
-    python -m safeclip.world.curate --out data/curated/world_pairs.jsonl
+    python -m safeclip.world.curate --out data/curated/world_pairs.jsonl    # the default world's positions
+    python -m safeclip.world.curate --out pairs_grid.jsonl \
+        --positions "top left,top,top right,left,centre,right,bottom left,bottom,bottom right"   # the whole grid
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from safeclip.io import write_text
+from safeclip.params import World
 from safeclip.world.catalogue import BACKGROUNDS, OBJECT_COLOURS, POSITIONS, TWINNED_SAFE
 from safeclip.world.grammar import caption
 from safeclip.world.scene import Scene, SceneObject, enumerate_scenes, is_valid
 
 
-def _drift(scene: Scene, rng: np.random.Generator) -> Scene:
+def _drift(scene: Scene, rng: np.random.Generator, positions: Sequence[str]) -> Scene:
     """Change exactly one layout attribute of a one-object scene, keeping it valid."""
     o = scene.objects[0]
     while True:
@@ -29,16 +33,19 @@ def _drift(scene: Scene, rng: np.random.Generator) -> Scene:
         if kind == "colour":
             new = Scene(scene.background, (SceneObject(o.name, str(rng.choice(list(OBJECT_COLOURS))), o.position),))
         elif kind == "position":
-            new = Scene(scene.background, (SceneObject(o.name, o.colour, str(rng.choice(list(POSITIONS)))),))
+            new = Scene(scene.background, (SceneObject(o.name, o.colour, str(rng.choice(list(positions)))),))
         else:
             new = Scene(str(rng.choice(list(BACKGROUNDS))), scene.objects)
         if new.layout() != scene.layout() and is_valid(new):
             return new
 
 
-def make_world_pairs(n: int = 100, drift_fraction: float = 0.3, seed: int = 0) -> list[dict]:
+def make_world_pairs(n: int = 100, drift_fraction: float = 0.3, seed: int = 0,
+                     positions: Sequence[str] = tuple(POSITIONS)) -> list[dict]:
+    """`n` pairs over the scenes at `positions` (a world with fewer positions, params `world.positions`, needs
+    its own pairs file: `ingest.pairs_file`)."""
     rng = np.random.default_rng(seed)
-    pool = enumerate_scenes(TWINNED_SAFE)
+    pool = enumerate_scenes(TWINNED_SAFE, positions)
     # balance objects (and so concepts): n // 8 scenes per twinned object, then fill
     by_obj = {name: [s for s in pool if s.objects[0].name == name] for name in TWINNED_SAFE}
     chosen: list[Scene] = []
@@ -52,7 +59,7 @@ def make_world_pairs(n: int = 100, drift_fraction: float = 0.3, seed: int = 0) -
         safe = chosen[idx]
         unsafe = safe.unsafe_twin()
         if rank < n_drift:
-            unsafe = _drift(unsafe, rng)
+            unsafe = _drift(unsafe, rng, positions)
         rows.append({"safe": caption(safe), "unsafe": caption(unsafe), "tag": unsafe.concepts[0]})
     return rows
 
@@ -63,8 +70,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--drift-fraction", type=float, default=0.3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--positions", default=",".join(World().positions),
+                    help="comma-separated grid positions (default: params world.positions' default)")
     a = ap.parse_args()
-    rows = make_world_pairs(a.n, a.drift_fraction, a.seed)
+    rows = make_world_pairs(a.n, a.drift_fraction, a.seed, [p.strip() for p in a.positions.split(",")])
     write_text(a.out, "".join(json.dumps(r) + "\n" for r in rows))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,22 +70,24 @@ def is_valid(scene: Scene) -> bool:
         and o.colour != scene.background for o in scene.objects)
 
 
-def enumerate_scenes(object_names: tuple[str, ...]) -> list[Scene]:
-    """Every valid one-object scene over the given objects, in a fixed order."""
+def enumerate_scenes(object_names: tuple[str, ...], positions: Sequence[str] = tuple(POSITIONS)) -> list[Scene]:
+    """Every valid one-object scene over the given objects and positions (params `world.positions`), in a fixed
+    order."""
     scenes = []
-    for name, colour, position, bg in itertools.product(object_names, OBJECT_COLOURS, POSITIONS, BACKGROUNDS):
+    for name, colour, position, bg in itertools.product(object_names, OBJECT_COLOURS, positions, BACKGROUNDS):
         s = Scene(bg, (SceneObject(name, colour, position),))
         if is_valid(s):
             scenes.append(s)
     return scenes
 
 
-def sample_scene(rng: np.random.Generator, object_names: tuple[str, ...], max_objects: int = 1) -> Scene:
-    """A random valid scene with 1..max_objects objects at distinct positions."""
+def sample_scene(rng: np.random.Generator, object_names: tuple[str, ...], max_objects: int = 1,
+                 positions: Sequence[str] = tuple(POSITIONS)) -> Scene:
+    """A random valid scene with 1..max_objects objects at distinct positions among `positions`."""
     n = int(rng.integers(1, max_objects + 1))
     bg = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     colours = [c for c in OBJECT_COLOURS if c != bg]
-    positions = rng.permutation(list(POSITIONS))[:n]
+    picked = rng.permutation(list(positions))[:n]
     objs = tuple(SceneObject(object_names[rng.integers(len(object_names))], colours[rng.integers(len(colours))],
-                             str(p)) for p in positions)
+                             str(p)) for p in picked)
     return Scene(bg, objs).canonical()

@@ -14,12 +14,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 SCALE = "0.05"
+VISU_SHARD = 15  # rows: the CI-scale train split has 30 (600 x 0.05)
 # CI sizes: the committed DAG at base.scale, one thread (the 2-process tests run 2 stages at once on the 2 cores),
 # and the loops that base.scale leaves long cut further: SFT's epochs (unscaled by design) and base_sd's VAE and
 # UNet steps (10 each, base.scale's floor). The code paths are the same; quality at CI scale is not checked here.
 CI = [f"base.scale={SCALE}", "base.num_threads=1", "sft.epochs=20", "sft.learning_rate=0.003",
       "base_sd.world.vae.steps=200", "base_sd.world.unet.steps=200",
-      "visu.shard_size=50"]  # two shards of the train split, one for each process of the 2-process visu test
+      f"visu.shard_size={VISU_SHARD}"]  # two shards of the train split, one per process of the 2-process visu test
 METHODS = ("safe_clip", "safer_clip", "uwm")
 pytestmark = pytest.mark.slow
 
@@ -243,7 +244,7 @@ def test_visu_with_two_processes_builds_the_same_split(repo: Path, tmp_path: Pat
     comes from its index). The fixture's outputs are put back afterwards."""
     import pyarrow.parquet as pq
 
-    assert metrics(repo, "visu")["visu.train.input"] > 50  # CI's 50-row shards: some for both processes
+    assert metrics(repo, "visu")["visu.train.input"] > VISU_SHARD  # CI's shards: some for both processes
     saved = tmp_path / "saved"
     for rel in ("data/visu", "metrics/visu.json", "params.yaml"):
         (saved / rel).parent.mkdir(parents=True, exist_ok=True)

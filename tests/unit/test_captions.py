@@ -12,7 +12,7 @@ from PIL import Image
 from safeclip.data.captions import coco_rows, render_config, visu_hf_rows, world_rows, world_scenes
 from safeclip.io import InputError
 from safeclip.params import CocoCaptions, VisuHfCaptions, World, WorldCaptions
-from safeclip.world.catalogue import TWINNED_SAFE
+from safeclip.world.catalogue import POSITIONS, TWINNED_SAFE
 from safeclip.world.grammar import parse
 from safeclip.world.render import render
 from safeclip.world.scene import Scene, is_valid
@@ -43,8 +43,28 @@ def test_world_test_split_does_not_depend_on_train_size(max_objects):
 
 
 def test_world_scenes_too_many_one_object_scenes():
-    with pytest.raises(ValueError, match="one-object world has 3312"):  # 8 objects x 9 positions x 46 colourings
+    with pytest.raises(ValueError, match="at 9 positions has 3312"):  # 8 objects x 9 positions x 46 colourings
         world_scenes({"train": 4000, "val": 0, "test": 0}, seed=0, max_objects=1)
+
+
+ROW = ("left", "centre", "right")
+
+
+@pytest.mark.parametrize("max_objects", [1, 2])
+def test_world_scenes_keep_to_the_worlds_positions(max_objects):
+    out = world_scenes(COUNTS, seed=0, max_objects=max_objects, positions=ROW)
+    everything = [s for v in out.values() for s in v]
+    assert len(set(everything)) == 100 and all(is_valid(s) for s in everything)
+    assert {o.position for s in everything for o in s.objects} == set(ROW)
+    # the whole grid, named, draws exactly what the default draws
+    assert world_scenes(COUNTS, 0, max_objects, tuple(POSITIONS)) == world_scenes(COUNTS, 0, max_objects)
+
+
+def test_a_world_of_three_positions_has_a_third_of_the_scenes():
+    with pytest.raises(ValueError, match="at 3 positions has 1104"):  # 8 objects x 3 positions x 46 colourings
+        world_scenes({"train": 1000, "val": 100, "test": 100}, seed=0, max_objects=1, positions=ROW)
+    rows = list(world_rows(WorldCaptions(n_train=8, n_val=8, n_test=8), World(positions=list(ROW)), 0, 1.0))
+    assert {o.position for r in rows for o in Scene.from_json(r["scene"]).objects} <= set(ROW)
 
 
 @pytest.mark.parametrize("image_size", [32, 64])

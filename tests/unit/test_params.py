@@ -7,6 +7,7 @@ import yaml
 
 from safeclip.params import Params, ParamsError, default_params_dict, load_params
 from safeclip.profiles import compose
+from safeclip.world.catalogue import POSITIONS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -200,3 +201,16 @@ def test_a_lone_object_may_have_a_glyph_wider_than_a_cell_but_two_objects_may_no
     assert "world.glyph_fraction 0.45 > 0.34 with world.max_objects 2: glyphs of two objects would overlap" in msg
     assert load_params(write(tmp_path, "world:\n  glyph_fraction: 0.34\n  max_objects: 2\n")).world.max_objects == 2
     assert "world.glyph_fraction" in error(write(tmp_path, "world:\n  glyph_fraction: 0.55\n"))
+
+
+def test_world_positions_are_grid_cells_each_once_in_grid_order(tmp_path):
+    assert load_params(write(tmp_path, "")).world.positions == ["left", "centre", "right"]  # the middle row
+    grid = load_params(write(tmp_path, "world:\n  positions: [" + ", ".join(POSITIONS) + "]\n")).world.positions
+    assert grid == list(POSITIONS)
+    row = load_params(write(tmp_path, "world:\n  positions: [right, left, centre]\n")).world.positions
+    assert row == ["left", "centre", "right"]  # grid order whatever the listing: equal sets draw alike
+    assert "unknown position(s) ['middle']" in error(write(tmp_path, "world:\n  positions: [left, middle]\n"))
+    assert "at most once" in error(write(tmp_path, "world:\n  positions: [left, left]\n"))
+    assert "at least one" in error(write(tmp_path, "world:\n  positions: []\n"))
+    msg = error(write(tmp_path, "world:\n  positions: [centre]\n  max_objects: 2\n  glyph_fraction: 0.3\n"))
+    assert "world.max_objects 2 > 1 world.positions" in msg

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from safeclip.params import World
 from safeclip.world.catalogue import (
     BACKGROUNDS,
     OBJECT_COLOURS,
@@ -277,7 +278,7 @@ def test_twin_map_is_injective_and_inverted():
 
 @pytest.fixture(scope="module")
 def world_pairs() -> list[dict]:
-    return make_world_pairs(100, 0.3, 0)
+    return make_world_pairs(100, 0.3, 0, World().positions)  # the committed file: the default world's positions
 
 
 def test_make_world_pairs_counts_and_drift(world_pairs):
@@ -313,6 +314,24 @@ def test_make_world_pairs_matches_committed_file(world_pairs):
     assert [json.dumps(r) for r in world_pairs] == committed
 
 
+def test_make_world_pairs_keep_to_the_worlds_positions(world_pairs):
+    row = {"left", "centre", "right"}
+    scenes = [parse(r[k]) for r in world_pairs for k in ("safe", "unsafe")]
+    assert {s.objects[0].position for s in scenes} == row  # drifted positions stay in the row too
+    grid = make_world_pairs(100, 0.3, 0, tuple(POSITIONS))
+    assert {parse(r[k]).objects[0].position for r in grid for k in ("safe", "unsafe")} == set(POSITIONS)
+
+
+def test_scenes_of_a_smaller_world_keep_to_its_positions():
+    row = ("left", "centre", "right")
+    assert len(enumerate_scenes(tuple(OBJECTS), row)) == 20 * 3 * (8 * 6 - 2)
+    assert enumerate_scenes(tuple(OBJECTS), tuple(POSITIONS)) == enumerate_scenes(tuple(OBJECTS))
+    rng = np.random.default_rng(0)
+    two = [sample_scene(rng, tuple(OBJECTS), 2, row) for _ in range(200)]
+    assert {o.position for s in two for o in s.objects} == set(row) and any(len(s.objects) == 2 for s in two)
+
+
 def test_make_world_pairs_deterministic_and_seeded(world_pairs):
-    assert make_world_pairs(100, 0.3, 0) == world_pairs
-    assert make_world_pairs(100, 0.3, 1) != world_pairs
+    row = World().positions
+    assert make_world_pairs(100, 0.3, 0, row) == world_pairs
+    assert make_world_pairs(100, 0.3, 1, row) != world_pairs
