@@ -16,14 +16,14 @@ from tests.clip.conftest import TINY, visu_rows
 from tests.robustness.util import make_workspace, run_in_process
 
 # The world pipeline at 5% scale. sft: 100 steps (enough for DPO to find preference pairs), checkpoints every
-# 20; dpo: 12 steps, a checkpoint every 3; visu: shards of 16 rows (7 for train). The kill tests use these
-# same params, so this chain's outputs are their uninterrupted reference.
+# 20; dpo: 12 steps, a checkpoint every 3; visu: shards of 4 rows (8 for the 30 train captions). The kill tests
+# use these same params, so this chain's outputs are their uninterrupted reference.
 CHAIN = {
     "base": {"scale": 0.05},
     "sft": {"epochs": 20.0, "learning_rate": 0.003, "save_steps": 20, "logging_steps": 5,
             "eval": {"n_val_captions": 20}},
     "dpo": {"batch_size": 4, "save_steps": 3, "logging_steps": 1, "eval": {"n_val_captions": 20}},
-    "visu": {"shard_size": 16},
+    "visu": {"shard_size": 4},
 }
 
 # make_safe on a tiny random CLIP and 32/16/16 hand-made quadruples: 40 steps at batch 8, a checkpoint at

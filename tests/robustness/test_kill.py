@@ -85,7 +85,7 @@ def test_killed_visu_reuses_complete_shards_and_builds_the_same_data(world, tmp_
     assert not (ws / "data/visu").exists()
     r = run_forked(ws, "stages.visu", log=tmp_path / "resumed.log")
     assert r.code == 0, r
-    reused = re.search(r"train: resumed, reusing (\d+) of 7 complete shards", r.err)
+    reused = re.search(r"train: resumed, reusing (\d+) of 8 complete shards", r.err)
     assert reused and int(reused.group(1)) >= 3, r  # at least the shards on disk at the kill
     assert_same_outputs(world, ws, VISU_OUT)
 
