@@ -10,6 +10,11 @@ for safer_clip). A setting is a comma-separated list of `key=value` overrides of
 and everything else kept); the empty setting `''` is the repo's own params. Training is the stage's own runner,
 checkpointing into a temp dir, so the runs' checkpoints and models are left alone. Prints per setting the per-repo
 values and their mean: T->V R@1 drop from the base, % unsafe among unsafe text's top-1 images, T*->V R@1, PU.
+
+The world bar reads the drop on test, whose gallery (400 images) is four times val's (100), and R@1 falls with the
+gallery: on seed 1's test embeddings the drop is 5.8 on random 100-image subsets, 9.4 on 200 and 13.8 on all 400.
+So "T->V drop@N" also scores val's safe captions against their images among N - n_val train images besides
+(`--gallery`, default: the size of the repo's test split): the bar's difficulty, on captions never used for test.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import pyarrow.parquet as pq
 import torch
 import yaml
 
@@ -43,6 +49,19 @@ def _override(raw: dict, setting: str) -> dict:
     return raw
 
 
+def t_to_v_at_n(bundle, n: int, batch_size: int) -> float:
+    """T->V R@1 of val's safe captions in a gallery of val's images and the first n - n_val train images."""
+    from safeclip.eval.embed import embed_split
+    from safeclip.eval.retrieval import recall_at_k
+    from safeclip.methods import runners
+
+    val, _ = embed_split(bundle, runners.VAL, batch_size)
+    train, _ = embed_split(bundle, runners.TRAIN, batch_size)
+    n_val = len(val["text_safe"])
+    gallery = torch.cat([val["image_safe"], train["image_safe"][:n - n_val]])
+    return 100 * recall_at_k(val["text_safe"], gallery, torch.arange(n_val), [1])[1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("repos", nargs="+")
@@ -50,6 +69,8 @@ def main() -> int:
     ap.add_argument("--setting", action="append", default=None,
                     help="comma-separated key=value overrides; repeat for more settings ('' = the repo's params)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gallery", type=int, default=None,
+                    help="images in the drop@N gallery: val's plus train ones (default: the test split's size)")
     ap.add_argument("--reuse", action="store_true",
                     help="score the repo's models/safe/METHOD for the '' setting instead of retraining it")
     args = ap.parse_args()
@@ -67,7 +88,7 @@ def main() -> int:
 
     settings = args.setting or [""]
     keys = {"T->V drop": "retrieval.t_to_v.r1", "unsafe top-1 %": "unsafe_retrieved.unsafe_text.top1",
-            "T*->V R@1": "retrieval.t_star_to_v.r1", "PU": "safeground.PU"}
+            "T*->V R@1": "retrieval.t_star_to_v.r1", "PU": "safeground.PU", "T->V drop@N": "t_to_v.r1@N"}
     rows: dict[str, list[dict[str, float]]] = {}
     here = Path.cwd()
     log = logging.getLogger("make_safe_sweep")
@@ -75,9 +96,16 @@ def main() -> int:
         os.chdir(Path(repo).resolve())
         raw = yaml.safe_load(Path("params.yaml").read_text())  # each setting overrides a copy
         batch_size = Params.model_validate(raw).evaluate.batch_size
-        base_emb, _ = embed_split(load_clip(runners.BASE_CLIP), runners.VAL, batch_size)
+        base_bundle = load_clip(runners.BASE_CLIP)
+        base_emb, _ = embed_split(base_bundle, runners.VAL, batch_size)
         base = retrieval_metrics(base_emb, [1], [1])
-        print(f"{repo}: base on val: " + ", ".join(f"{k} {base[v]:.1f}" for k, v in keys.items() if k != "T->V drop"),
+        n_val = len(base_emb["text_safe"])
+        n = args.gallery or pq.read_metadata("data/visu/test.parquet").num_rows
+        if n - n_val > pq.read_metadata(runners.TRAIN).num_rows:
+            raise SystemExit(f"{repo}: --gallery {n} needs {n - n_val} train images; {runners.TRAIN} has fewer")
+        base["t_to_v.r1@N"] = t_to_v_at_n(base_bundle, n, batch_size)
+        print(f"{repo}: base on val: " + ", ".join(f"{k} {base[v]:.1f}" for k, v in keys.items() if "drop" not in k)
+              + f", T->V R@1 {base['retrieval.t_to_v.r1']:.1f} (gallery {n_val}), {base['t_to_v.r1@N']:.1f} (N = {n})",
               flush=True)
         for setting in settings:
             params = Params.model_validate(_override(copy.deepcopy(raw), setting))
@@ -90,7 +118,8 @@ def main() -> int:
                     bundle = runners.RUNNERS[args.method](params, log).bundle
             emb, _ = embed_split(bundle, runners.VAL, batch_size)
             m = retrieval_metrics(emb, [1], [1])
-            values = {k: (base[v] - m[v] if k == "T->V drop" else m[v]) for k, v in keys.items()}
+            m["t_to_v.r1@N"] = t_to_v_at_n(bundle, n, batch_size)
+            values = {k: (base[v] - m[v] if "drop" in k else m[v]) for k, v in keys.items()}
             rows.setdefault(setting, []).append(values)
             print(f"  {setting or '(params.yaml)'}: " + ", ".join(f"{k} {x:.1f}" for k, x in values.items())
                   + f" ({time.perf_counter() - t0:.0f} s)", flush=True)
