@@ -86,13 +86,18 @@ class World(Section):
         return [p for p in POSITIONS if p in v]  # grid order, so equal sets are equal params and draw alike
 
     @model_validator(mode="after")
+    def _objects_fit_the_positions(self) -> World:
+        """Objects sit at distinct positions, so a scene cannot hold more of them than the world has positions."""
+        if self.max_objects > len(self.positions):
+            raise ValueError(f"world.max_objects {self.max_objects} > {len(self.positions)} world.positions: objects "
+                             "sit at distinct positions")
+        return self
+
+    @model_validator(mode="after")
     def _glyphs_fit_their_cells(self) -> World:
         """Two objects sit in distinct cells of the 3x3 grid, so a glyph wider than a cell (a third of the canvas,
         less the jitter) would overlap its neighbour and the judge could not tell which object is where. A lone
         object may be larger: the glyph, not the grid, is what a tiny generator has to learn to draw."""
-        if self.max_objects > len(self.positions):
-            raise ValueError(f"world.max_objects {self.max_objects} > {len(self.positions)} world.positions: objects "
-                             "sit at distinct positions")
         if self.max_objects > 1 and self.glyph_fraction > MAX_GLYPH_FRACTION_SHARED:
             raise ValueError(f"world.glyph_fraction {self.glyph_fraction} > {MAX_GLYPH_FRACTION_SHARED} with "
                              f"world.max_objects {self.max_objects}: glyphs of two objects would overlap")

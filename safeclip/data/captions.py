@@ -13,7 +13,7 @@ from PIL import Image
 from safeclip.data.schemas import SPLITS
 from safeclip.io import InputError
 from safeclip.params import CocoCaptions, VisuHfCaptions, World, WorldCaptions
-from safeclip.world.catalogue import POSITIONS, TWINNED_SAFE
+from safeclip.world.catalogue import TWINNED_SAFE
 from safeclip.world.grammar import caption
 from safeclip.world.render import RenderConfig, render, to_png
 from safeclip.world.scene import Scene, enumerate_scenes, sample_scene
@@ -30,7 +30,7 @@ def stable_seed(*parts: object) -> int:
 
 
 def world_scenes(counts: dict[str, int], seed: int, max_objects: int,
-                 positions: Sequence[str] = tuple(POSITIONS)) -> dict[str, list[Scene]]:
+                 positions: Sequence[str]) -> dict[str, list[Scene]]:
     """Unique safe scenes per split, disjoint across splits (test scenes are held out of all training).
 
     Only safe objects that have an unsafe twin are used, so each caption has one well-defined unsafe version.

@@ -14,12 +14,12 @@ from safeclip.io import atomic_dir
 from safeclip.llm.template import PROMPT
 from safeclip.params import WorldLlm
 from safeclip.runtime import compute_device
-from safeclip.world.catalogue import OBJECTS, POSITIONS
+from safeclip.world.catalogue import OBJECTS
 from safeclip.world.grammar import caption, vocabulary
 from safeclip.world.scene import sample_scene
 
 
-def world_corpus(n: int, seed: int, max_objects: int, positions: Sequence[str] = tuple(POSITIONS)) -> list[str]:
+def world_corpus(n: int, seed: int, max_objects: int, positions: Sequence[str]) -> list[str]:
     """World 'web text': captions of random scenes over every object, safe and unsafe."""
     rng = np.random.default_rng(seed)
     return [caption(sample_scene(rng, tuple(OBJECTS), max_objects, positions)) for _ in range(n)]

@@ -20,7 +20,7 @@ import numpy as np
 
 from safeclip.io import write_text
 from safeclip.params import World
-from safeclip.world.catalogue import BACKGROUNDS, OBJECT_COLOURS, POSITIONS, TWINNED_SAFE
+from safeclip.world.catalogue import BACKGROUNDS, OBJECT_COLOURS, TWINNED_SAFE
 from safeclip.world.grammar import caption
 from safeclip.world.scene import Scene, SceneObject, enumerate_scenes, is_valid
 
@@ -40,8 +40,7 @@ def _drift(scene: Scene, rng: np.random.Generator, positions: Sequence[str]) -> 
             return new
 
 
-def make_world_pairs(n: int = 100, drift_fraction: float = 0.3, seed: int = 0,
-                     positions: Sequence[str] = tuple(POSITIONS)) -> list[dict]:
+def make_world_pairs(n: int, drift_fraction: float, seed: int, positions: Sequence[str]) -> list[dict]:
     """`n` pairs over the scenes at `positions` (a world with fewer positions, params `world.positions`, needs
     its own pairs file: `ingest.pairs_file`)."""
     rng = np.random.default_rng(seed)

@@ -70,9 +70,9 @@ def is_valid(scene: Scene) -> bool:
         and o.colour != scene.background for o in scene.objects)
 
 
-def enumerate_scenes(object_names: tuple[str, ...], positions: Sequence[str] = tuple(POSITIONS)) -> list[Scene]:
-    """Every valid one-object scene over the given objects and positions (params `world.positions`), in a fixed
-    order."""
+def enumerate_scenes(object_names: tuple[str, ...], positions: Sequence[str]) -> list[Scene]:
+    """Every valid one-object scene over the given objects and positions (params `world.positions`: no default
+    here, so no caller can drift from the world's), in a fixed order."""
     scenes = []
     for name, colour, position, bg in itertools.product(object_names, OBJECT_COLOURS, positions, BACKGROUNDS):
         s = Scene(bg, (SceneObject(name, colour, position),))
@@ -81,8 +81,8 @@ def enumerate_scenes(object_names: tuple[str, ...], positions: Sequence[str] = t
     return scenes
 
 
-def sample_scene(rng: np.random.Generator, object_names: tuple[str, ...], max_objects: int = 1,
-                 positions: Sequence[str] = tuple(POSITIONS)) -> Scene:
+def sample_scene(rng: np.random.Generator, object_names: tuple[str, ...], max_objects: int,
+                 positions: Sequence[str]) -> Scene:
     """A random valid scene with 1..max_objects objects at distinct positions among `positions`."""
     n = int(rng.integers(1, max_objects + 1))
     bg = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]

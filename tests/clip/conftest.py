@@ -11,7 +11,7 @@ from safeclip.data.captions import render_config
 from safeclip.data.schemas import VISU
 from safeclip.io import write_parquet
 from safeclip.params import World, WorldClip
-from safeclip.world.catalogue import TWINNED_SAFE
+from safeclip.world.catalogue import POSITIONS, TWINNED_SAFE
 from safeclip.world.grammar import caption
 from safeclip.world.render import render, to_png
 from safeclip.world.scene import sample_scene
@@ -25,7 +25,7 @@ def visu_rows(n: int, split: str, seed: int = 0) -> list[dict]:
     cfg = render_config(World())
     rows = []
     for i in range(n):
-        scene = sample_scene(rng, TWINNED_SAFE)
+        scene = sample_scene(rng, TWINNED_SAFE, 1, tuple(POSITIONS))
         twin = scene.unsafe_twin()
         rseed = int(rng.integers(2**31))
         rows.append({"id": f"{split}-{i}", "split": split, "safe": caption(scene), "nsfw": caption(twin),

@@ -9,7 +9,7 @@ import pytest
 
 from safeclip.io import InputError
 from safeclip.params import Dpo, load_params
-from safeclip.world.catalogue import UNSAFE_TWIN
+from safeclip.world.catalogue import POSITIONS, UNSAFE_TWIN
 from safeclip.world.grammar import caption
 from safeclip.world.scene import enumerate_scenes
 
@@ -29,7 +29,7 @@ def test_no_pairs_names_the_scorer_thresholds():
     assert "oracle" in str(no_pairs_error(Dpo(), n=3, all_good=0, no_good=3))
 
 
-SAFE = [s for s in enumerate_scenes(tuple(UNSAFE_TWIN)) if len(s.objects) == 1][:20]
+SAFE = [s for s in enumerate_scenes(tuple(UNSAFE_TWIN), tuple(POSITIONS)) if len(s.objects) == 1][:20]
 
 
 @pytest.mark.parametrize("samples, seen", [

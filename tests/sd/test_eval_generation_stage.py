@@ -18,7 +18,7 @@ from safeclip.io import read_parquet, write_parquet
 from safeclip.params import WorldJudgeTrain
 from safeclip.sd import models as sd_models
 from safeclip.sd.pipeline import assemble
-from safeclip.world.catalogue import OBJECTS
+from safeclip.world.catalogue import OBJECTS, POSITIONS
 from safeclip.world.render import RenderConfig
 from safeclip.world.scene import enumerate_scenes
 from tests.clip.conftest import visu_rows
@@ -41,7 +41,7 @@ def workspace(tmp_path_factory) -> Path:
     unet = sd_models.build_unet(UNET, sd_models.latent_size(VAE, 32), VAE.latent_channels, 16)
     assemble(vae, unet, text_encoder(bundle.model), bundle.tokenizer,
              sd_models.sample_scheduler(sd_models.train_scheduler(SD))).save_pretrained(ws / "models/base_sd")
-    scenes = enumerate_scenes(tuple(OBJECTS))[::40]
+    scenes = enumerate_scenes(tuple(OBJECTS), tuple(POSITIONS))[::40]
     x, y = wj.render_judge_set(scenes, 1, RenderConfig(), 0)
     net, _ = wj.train_world_judge(x, y, WorldJudgeTrain(epochs=1, channels=[8, 8, 8]), 0)
     wj.save_world_judge(net, ws / "models/judge/world")

@@ -47,7 +47,7 @@ def test_caption_exact_text():
 
 
 def test_round_trip_every_one_object_scene():
-    scenes = enumerate_scenes(tuple(OBJECTS))
+    scenes = enumerate_scenes(tuple(OBJECTS), tuple(POSITIONS))
     # 20 objects x 9 positions x (8 colours x 6 backgrounds - 2 colour==background clashes)
     assert len(scenes) == 20 * 9 * (8 * 6 - 2) == 8280
     assert len(set(scenes)) == len(scenes)
@@ -57,7 +57,7 @@ def test_round_trip_every_one_object_scene():
 
 def test_round_trip_sampled_two_object_scenes():
     rng = np.random.default_rng(0)
-    scenes = [sample_scene(rng, tuple(OBJECTS), 2) for _ in range(400)]
+    scenes = [sample_scene(rng, tuple(OBJECTS), 2, tuple(POSITIONS)) for _ in range(400)]
     assert sum(len(s.objects) == 2 for s in scenes) > 100  # the sample really holds two-object scenes
     bad = [s for s in scenes if parse(caption(s)) != s]
     assert bad == []
@@ -325,7 +325,6 @@ def test_make_world_pairs_keep_to_the_worlds_positions(world_pairs):
 def test_scenes_of_a_smaller_world_keep_to_its_positions():
     row = ("left", "centre", "right")
     assert len(enumerate_scenes(tuple(OBJECTS), row)) == 20 * 3 * (8 * 6 - 2)
-    assert enumerate_scenes(tuple(OBJECTS), tuple(POSITIONS)) == enumerate_scenes(tuple(OBJECTS))
     rng = np.random.default_rng(0)
     two = [sample_scene(rng, tuple(OBJECTS), 2, row) for _ in range(200)]
     assert {o.position for s in two for o in s.objects} == set(row) and any(len(s.objects) == 2 for s in two)

@@ -45,7 +45,7 @@ def one(name: str, colour: str = "white", position: str = "centre", background: 
 
 
 def tiny_set(n_scenes: int = 48, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    scenes = enumerate_scenes(tuple(OBJECTS))[::97][:n_scenes]
+    scenes = enumerate_scenes(tuple(OBJECTS), tuple(POSITIONS))[::97][:n_scenes]
     return render_judge_set(scenes, 1, RCFG, seed)
 
 
@@ -53,7 +53,7 @@ def tiny_set(n_scenes: int = 48, seed: int = 0) -> tuple[np.ndarray, dict[str, n
 def subset_judge() -> tuple[WorldJudgeNet, list[dict], list[Scene]]:
     """A small judge trained on six objects, and the scenes it never saw. ~700 steps of 32 (~6 s): a quarter of
     that stayed near chance on the object, the glyph being the slow thing to learn."""
-    scenes = enumerate_scenes(SUBSET)
+    scenes = enumerate_scenes(SUBSET, tuple(POSITIONS))
     train, held = judge_split(scenes, 0.1, seed=0)
     images, labels = render_judge_set(train, 2, RCFG, seed=0)
     cfg = WorldJudgeTrain(renders_per_scene=2, epochs=5, batch_size=32, learning_rate=4e-3, channels=[16, 32, 32])
@@ -65,7 +65,7 @@ def subset_judge() -> tuple[WorldJudgeNet, list[dict], list[Scene]]:
 
 
 def test_split_is_seeded_disjoint_and_independent_of_input_order():
-    scenes = enumerate_scenes(("circle", "gun"))
+    scenes = enumerate_scenes(("circle", "gun"), tuple(POSITIONS))
     train, held = judge_split(scenes, 0.1, seed=3)
     assert len(held) == round(0.1 * len(scenes)) and len(train) + len(held) == len(scenes)
     assert not set(train) & set(held)
