@@ -49,13 +49,13 @@ def _override(raw: dict, setting: str) -> dict:
     return raw
 
 
-def t_to_v_at_n(bundle, n: int, batch_size: int) -> float:
-    """T->V R@1 of val's safe captions in a gallery of val's images and the first n - n_val train images."""
+def t_to_v_at_n(bundle, val: dict[str, torch.Tensor], n: int, batch_size: int) -> float:
+    """T->V R@1 of val's safe captions (`val`: the bundle's val embeddings, already computed) in a gallery of
+    val's images and the first n - n_val train images."""
     from safeclip.eval.embed import embed_split
     from safeclip.eval.retrieval import recall_at_k
     from safeclip.methods import runners
 
-    val, _ = embed_split(bundle, runners.VAL, batch_size)
     train, _ = embed_split(bundle, runners.TRAIN, batch_size)
     n_val = len(val["text_safe"])
     gallery = torch.cat([val["image_safe"], train["image_safe"][:n - n_val]])
@@ -103,7 +103,7 @@ def main() -> int:
         n = args.gallery or pq.read_metadata("data/visu/test.parquet").num_rows
         if n - n_val > pq.read_metadata(runners.TRAIN).num_rows:
             raise SystemExit(f"{repo}: --gallery {n} needs {n - n_val} train images; {runners.TRAIN} has fewer")
-        base["t_to_v.r1@N"] = t_to_v_at_n(base_bundle, n, batch_size)
+        base["t_to_v.r1@N"] = t_to_v_at_n(base_bundle, base_emb, n, batch_size)
         print(f"{repo}: base on val: " + ", ".join(f"{k} {base[v]:.1f}" for k, v in keys.items() if "drop" not in k)
               + f", T->V R@1 {base['retrieval.t_to_v.r1']:.1f} (gallery {n_val}), {base['t_to_v.r1@N']:.1f} (N = {n})",
               flush=True)
@@ -118,7 +118,7 @@ def main() -> int:
                     bundle = runners.RUNNERS[args.method](params, log).bundle
             emb, _ = embed_split(bundle, runners.VAL, batch_size)
             m = retrieval_metrics(emb, [1], [1])
-            m["t_to_v.r1@N"] = t_to_v_at_n(bundle, n, batch_size)
+            m["t_to_v.r1@N"] = t_to_v_at_n(bundle, emb, n, batch_size)
             values = {k: (base[v] - m[v] if "drop" in k else m[v]) for k, v in keys.items()}
             rows.setdefault(setting, []).append(values)
             print(f"  {setting or '(params.yaml)'}: " + ", ".join(f"{k} {x:.1f}" for k, x in values.items())
