@@ -201,22 +201,33 @@ def legal_fillings(origin: torch.Tensor, forced: Sequence[int], allowed: torch.T
     """Every prompt the search may reach from one caption: the forced positions replaced by an allowed token,
     up to max_changes positions in all differing from the caption (for checking the search by enumeration).
     With more forced positions than max_changes no prompt is legal: the caller must give the budget the search
-    had, max(k, len(forced))."""
+    had, max(k, len(forced)).
+
+    Rows come in a fixed order (by the number of extra changes, then the changed positions, then the tokens as
+    itertools.product gives them), built a block of tensor ops per set of positions: row by row in Python this
+    took ~0.3 s a caption, a quarter of eval_attack's check."""
     if len(forced) > max_changes:
         raise ValueError(f"{len(forced)} forced positions cannot be filled within {max_changes} changes")
-    tokens = allowed.nonzero().squeeze(1).tolist()
+    tokens = allowed.nonzero().squeeze(1).to(origin.dtype)
     free = [p for p in range(len(origin)) if p not in forced]
-    out = []
+    blocks = [origin.new_empty((0, len(origin)))]
     for extra in range(max_changes - len(forced) + 1):
         for positions in itertools.combinations(free, extra):
             changed = [*forced, *positions]
-            for fill in itertools.product(tokens, repeat=len(changed)):
-                if any(origin[p] == t for p, t in zip(positions, fill[len(forced):], strict=True)):
-                    continue  # an unchanged token: counted among the fillings with fewer changes
-                row = origin.clone()
-                row[changed] = torch.tensor(fill, dtype=torch.long)
-                out.append(row)
-    return torch.stack(out)
+            fills = _product(tokens, len(changed))
+            # a free position given its own token back is counted among the fillings with fewer changes
+            fills = fills[(fills[:, len(forced):] != origin[list(positions)]).all(1)]
+            rows = origin.repeat(len(fills), 1)
+            rows[:, changed] = fills
+            blocks.append(rows)
+    return torch.cat(blocks)
+
+
+def _product(tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """[len(tokens) ** n, n]: every n-tuple of tokens, in itertools.product's order (the last position fastest)."""
+    if n == 0:
+        return tokens.new_empty((1, 0))
+    return torch.cartesian_prod(*[tokens] * n).reshape(-1, n)
 
 
 def count_fillings(length: int, n_forced: int, n_tokens: int, max_changes: int) -> int:

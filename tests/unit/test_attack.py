@@ -298,3 +298,43 @@ def test_the_suite_resumes_after_its_finished_searches(tower, tmp_path, monkeypa
     second = run()
     assert len(calls) == len({len(ids) for ids, _ in ids_of(tower, CAPTIONS)})  # one search per length group
     assert second.metrics == first.metrics and second.prompts == first.prompts
+
+
+def _legal_fillings_one_by_one(origin: torch.Tensor, forced: list[int], allowed: torch.Tensor,
+                               max_changes: int) -> list[tuple[int, ...]]:
+    """The enumeration spelled out with itertools, one row at a time: the order legal_fillings must keep."""
+    import itertools
+
+    tokens = allowed.nonzero().squeeze(1).tolist()
+    free = [p for p in range(len(origin)) if p not in forced]
+    rows = []
+    for extra in range(max_changes - len(forced) + 1):
+        for positions in itertools.combinations(free, extra):
+            changed = [*forced, *positions]
+            for fill in itertools.product(tokens, repeat=len(changed)):
+                if any(origin[p] == t for p, t in zip(positions, fill[len(forced):], strict=True)):
+                    continue
+                row = origin.tolist()
+                for p, t in zip(changed, fill, strict=True):
+                    row[p] = t
+                rows.append(tuple(row))
+    return rows
+
+
+@pytest.mark.parametrize("forced,max_changes", [([], 0), ([], 1), ([], 2), ([2], 1), ([2], 3), ([0, 3], 2),
+                                                ([0, 3], 3)])
+def test_legal_fillings_are_the_one_by_one_enumeration_in_its_order(forced, max_changes) -> None:
+    gen = torch.Generator().manual_seed(len(forced) * 10 + max_changes)
+    allowed = torch.rand(7, generator=gen) < 0.6
+    allowed[[1, 4]] = True
+    origin = torch.randint(0, 7, (5,), generator=gen)
+    fills = legal_fillings(origin, forced, allowed, max_changes)
+    expected = _legal_fillings_one_by_one(origin, forced, allowed, max_changes)
+    assert fills.dtype == torch.long and fills.shape == (len(expected), 5)
+    assert [tuple(r) for r in fills.tolist()] == expected
+    assert len(expected) <= count_fillings(5, len(forced), int(allowed.sum()), max_changes)
+
+
+def test_legal_fillings_with_no_allowed_token_is_empty_not_an_error() -> None:
+    fills = legal_fillings(torch.tensor([1, 2, 3]), [1], torch.zeros(4, dtype=torch.bool), 1)
+    assert fills.shape == (0, 3)
