@@ -211,7 +211,7 @@ class Dpo(Section):
     epochs: PosFloat = 3
     batch_size: PosInt = 16
     gradient_accumulation_steps: PosInt = 1
-    learning_rate: PosFloat = 1e-4
+    learning_rate: PosFloat = 1e-3  # conf/config.yaml: 1e-4 left seed 1's rewrites 58% scene-kept
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     max_length: PosInt = 128
     save_steps: PosInt = 50
