@@ -83,6 +83,30 @@ def test_encode_prompts_matches_the_pipeline(pipe_dir):
     torch.testing.assert_close(ours, theirs)
 
 
+def test_world_unet_attends_through_the_classic_processor_and_computes_what_sdpa_does():
+    """build_unet swaps torch's SDPA for diffusers' classic processor (faster for the world's 8-wide heads on the
+    CPU): every attention layer uses it, and the UNet's output and gradients are SDPA's to float rounding."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    torch.manual_seed(0)
+    unet = sd_models.build_unet(UNET, 4, VAE.latent_channels, 16)
+    assert unet.attn_processors and all(type(p) is AttnProcessor for p in unet.attn_processors.values())
+    x, t, c = torch.randn(3, VAE.latent_channels, 4, 4), torch.tensor([1, 500, 999]), torch.randn(3, 7, 16)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        unet.zero_grad()
+        out = unet(x, t, encoder_hidden_states=c).sample
+        out.square().mean().backward()
+        return out.detach(), unet.conv_in.weight.grad.clone()
+
+    classic = run()
+    unet.set_attn_processor(AttnProcessor2_0())
+    sdpa = run()
+    assert not torch.equal(classic[0], torch.zeros_like(classic[0]))
+    for a, b in zip(classic, sdpa, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_zero_terminal_snr_schedule():
     sched = sd_models.train_scheduler(SD)
     assert float(sched.alphas_cumprod[-1]) < 1e-6  # pure noise at the last step: the prompt sets the background
