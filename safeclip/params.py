@@ -246,13 +246,16 @@ class Visu(Section):
 
 
 class WorldClip(Section):
-    """The world's tiny CLIP: both towers hidden 64, 2 layers, patch 4 on 32 px (~0.15M params, calibrated)."""
+    """The world's tiny CLIP: both towers hidden 64, 2 layers, patch 8 on 32 px (~0.15M params, calibrated)."""
     hidden_size: PosInt = 64
     intermediate_size: PosInt = 128
     num_layers: PosInt = 2
     num_heads: PosInt = 4
     projection_dim: PosInt = 64
-    patch_size: PosInt = 4
+    # 8 since stop 49 (4 before): 16 image tokens instead of 64, base_clip ~85 s instead of ~180 and Safe-CLIP ~60
+    # instead of ~130, and a better base on val (clip_curve, seeds 0-2: T->V R@1 99.7 vs 96.5). SafeR-CLIP needed
+    # its reference changed to move on it (SaferClipMethod.reference)
+    patch_size: PosInt = 8
     max_length: PosInt = 32  # text positions; a one-object caption is 13 tokens with BOS/EOS
     renders_per_scene: PosInt = 10  # nuisance re-renders of each training scene (the world's augmentation)
     steps: PosInt = 1000
@@ -337,7 +340,10 @@ class SaferClipWeights(Section):
 
 
 class SaferClipMethod(Section):
-    lora: ClipLora = ClipLora()
+    # The world's LoRA dropout is 0, as Safe-CLIP's (the paper profile keeps 0.1): with the stopgrad_current
+    # reference below it also scored better on val (seeds 0-2 at patch 8, mean gains T*->V R@1 / PU 30.8 / 52.2
+    # against 29.8 / 47.8 at 0.1, safe T->V drop in a test-sized gallery 15.4 against 18.1), a step ~35% cheaper
+    lora: ClipLora = ClipLora(dropout=0.0)
     weights: SaferClipWeights = SaferClipWeights()
     logit_scale: PosFloat = 100.0  # of the preservation InfoNCE terms
     # The relative terms have no temperature in the paper (softplus of a cosine difference, whose gradient is
@@ -348,7 +354,13 @@ class SaferClipMethod(Section):
     # Doubling rel_text/rel_image instead: 6.2/6.2 on seed 1. Before that (one seed, AMD): scale 1 moved
     # T*->V least.
     relative_scale: PosFloat = 4.0
-    reference: Literal["frozen", "stopgrad_current"] = "frozen"
+    # frozen: T0/V0 are the base's (the slides' formulas, the paper profile's). The world takes the current model
+    # under no_grad (stop 49): on a base whose towers agree closely (patch 8, T->V R@1 ~99) the frozen terms send
+    # T(t*) and V(v*) to the same target pair's region, where they stay each other's nearest, and nothing moved
+    # (val, seeds 0-2, gains over the base T*->V R@1 / PU 4.7 / 0.3); pushing each from where its counterpart is
+    # now gave 30.8 / 52.2 (benchmarks/make_safe_sweep.py; relative_scale 2: 32.1 / 26.4, epochs 6: 32.1 / 33.4).
+    # With no LoRA dropout the cos_*_safe terms are then 0: the InfoNCE terms carry the preservation
+    reference: Literal["frozen", "stopgrad_current"] = "stopgrad_current"
     # The paper's Adam lr is 1e-4 (the paper profile's). In the world, with LoRA alpha 16 and ~320 steps,
     # 1e-4 left the model where it was (val T*->V R@1 3.2 vs 5.4 base); swept 1e-3..5e-3 on the val split.
     learning_rate: PosFloat = 3e-3
