@@ -297,8 +297,11 @@ class SafeClipMethod(Section):
     # In the middle-row world 10x failed seed 1's test drop (13.8 > 12). Val, seeds 0-2, drop in a test-sized
     # gallery (benchmarks/make_safe_sweep.py, drop@N) / unsafe top-1 % / T*->V R@1: 10x 7.7 / 50.7 / 45.0
     # (seed 1 17), 15x 5.7 / 53.0 / 43.3 (13), 20x 4.0 / 54.7 / 42.3 (8); 20x on the NCE terms alone 7.0 (14)
+    # On the patch-8 base (stop 49) the unsafe-input terms are 1.5x the paper's: val, seeds 0-2, unsafe top-1 %
+    # 39.4 / 25.0 / 20.0 against 47.5 / 26.0 / 20.0 at 1x, T*->V R@1 68.5 vs 66.5 on the mean, drop@N 6.4 vs 7.0
+    # (600 -> 750 steps: 40.4 / 20.0 / 20.0 at 25% more time)
     lambdas: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=8, max_length=8)] = [
-        2.0, 0.1, 2.0, 0.2, 5.0, 0.25, 5.0, 0.5]
+        2.0, 0.15, 2.0, 0.3, 5.0, 0.375, 5.0, 0.75]
     logit_scale: PosFloat = 100.0
     # frozen: T0/V0 are a frozen copy of the base (the paper's design). stopgrad_current: the current LoRA
     # model under no_grad, in train mode, as the released script actually computes them (shared weights).
