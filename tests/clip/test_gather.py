@@ -59,47 +59,56 @@ def loss_and_grads(model, obj, batch) -> tuple[float, list[torch.Tensor]]:
     return float(loss.detach()), [p.grad.clone() for p in model.parameters()]
 
 
-def _worker(rank: int, world: int, init_file: str, name: str, gather: bool, out: str) -> None:
+CASES = [(name, gather) for name in ("safe_clip", "safer_clip") for gather in (True, False)]
+
+
+def _worker(rank: int, world: int, init_file: str, out: str) -> None:
+    """Every case in one process group: each spawned process pays the imports once, not once per case."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     batch = {k: v.chunk(world)[rank] for k, v in global_batch().items()}  # this process's contiguous slice
-    loss, grads = loss_and_grads(Tower(), objective(name, gather), batch)
-    t = torch.tensor([loss])
-    dist.all_reduce(t)
-    for g in grads:  # what DDP does to gradients: average over processes
-        dist.all_reduce(g)
-        g /= world
+    results = {}
+    for name, gather in CASES:
+        loss, grads = loss_and_grads(Tower(), objective(name, gather), batch)
+        t = torch.tensor([loss])
+        dist.all_reduce(t)
+        for g in grads:  # what DDP does to gradients: average over processes
+            dist.all_reduce(g)
+            g /= world
+        results[f"{name}-{gather}"] = {"loss": float(t) / world, "grads": grads}
     if rank == 0:
-        torch.save({"loss": float(t) / world, "grads": grads}, out)
+        torch.save(results, out)
     dist.barrier()  # no rank tears gloo down while the other is still in a collective or saving
     dist.destroy_process_group()
 
 
-def two_process(name: str, gather: bool, tmp_path) -> dict:
-    """Run the 2-process job. A worker killed by a signal (gloo has aborted now and then under load on shared
-    CI cores, before any number was compared) is retried with a fresh rendezvous; the comparisons themselves
-    happen here in the parent, so a wrong loss or gradient still fails."""
-    out = str(tmp_path / f"{name}-{gather}.pt")
+@pytest.fixture(scope="module")
+def two_process(tmp_path_factory) -> dict[tuple[str, bool], dict]:
+    """The 2-process job, once for the module. A worker killed by a signal (gloo has aborted now and then under
+    load on shared CI cores, before any number was compared) is retried with a fresh rendezvous; the comparisons
+    themselves happen in the tests, so a wrong loss or gradient still fails."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    tmp = tmp_path_factory.mktemp("gather")
+    out = str(tmp / "results.pt")
     for attempt in range(3):
         try:
-            init = str(tmp_path / f"init-{name}-{gather}-{attempt}")
-            mp.spawn(_worker, args=(2, init, name, gather, out), nprocs=2, join=True)
+            mp.spawn(_worker, args=(2, str(tmp / f"init-{attempt}"), out), nprocs=2, join=True)
             break
         except mp.ProcessExitedException:
             if attempt == 2:
                 raise
-    return torch.load(out)
+    results = torch.load(out)
+    return {(name, gather): results[f"{name}-{gather}"] for name, gather in CASES}
 
 
 @pytest.mark.parametrize("name", ["safe_clip", "safer_clip"])
-def test_gathered_loss_and_gradient_equal_the_single_process_ones(name, tmp_path):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+def test_gathered_loss_and_gradient_equal_the_single_process_ones(name, two_process):
     single_loss, single_grads = loss_and_grads(Tower(), objective(name, True), global_batch())
-    gathered = two_process(name, True, tmp_path)
+    gathered = two_process[(name, True)]
     assert gathered["loss"] == pytest.approx(single_loss, rel=1e-5)
     for a, b in zip(gathered["grads"], single_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    per_device = two_process(name, False, tmp_path)
+    per_device = two_process[(name, False)]
     assert abs(per_device["loss"] - single_loss) > 1e-3, "per-device negatives change the loss: the test can fail"
 
 
