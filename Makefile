@@ -6,6 +6,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export DVC_NO_ANALYTICS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Let Python cache bytecode for what make runs (some hosts export PYTHONDONTWRITEBYTECODE=1): without it every
+# stage process would recompile torch and transformers from source, ~10 s each. __pycache__ is git- and
+# dvc-ignored, so no stage's folder dependency sees it.
+unexport PYTHONDONTWRITEBYTECODE
 # pytest workers for `make test`, each at one torch thread (tests/conftest.py): one per core of the 2-core machine
 TEST_WORKERS ?= 2
 
@@ -15,10 +19,9 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	@# No byte-compiling here: Python compiles a module the first time it is imported (the check below is the
+	@# first), ~4k of the venv's 17k files in ~10 s once; pip's own pass takes ~30 s on one core, compileall ~39 s.
 	$(BIN)/pip install --disable-pip-version-check -q --no-compile -r requirements.txt
-	@# pip byte-compiles its 17k files on one core (~30 s); compileall spreads them over all of them. Like pip,
-	@# it may meet a file that no 3.11 can compile (torch ships one written for 3.12): not an install failure.
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	$(BIN)/python -c "import torch, torchvision, open_clip, transformers, trl, peft, diffusers, dvc"
 	touch $@
