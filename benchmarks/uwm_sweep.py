@@ -60,8 +60,8 @@ def main() -> int:
         os.chdir(Path(repo).resolve())
         params = load_params("params.yaml")
         cfg, batch_size = params.make_safe.uwm, params.evaluate.batch_size
-        text_sets = args.text or [",".join(cfg.text_layers)]
-        vision_sets = args.vision or [",".join(cfg.vision_layers)]
+        text_sets = args.text or [",".join(cfg.text_layers) or "-"]
+        vision_sets = args.vision or [",".join(cfg.vision_layers) or "-"]
         prior_flags = (cfg.magnitude_prior_text, cfg.magnitude_prior_vision)
         priors = args.priors or ["".join("t" if on else "f" for on in prior_flags)]
         alphas = args.alpha or [cfg.alpha]

@@ -386,17 +386,29 @@ class Uwm(Section):
     safe/unsafe activations; the top tau of each layer's score mass is multiplied by alpha."""
     calibration_pairs: PosInt = 8192  # random train quadruples (all when fewer), the paper's 2048 x 4
     batch_size: PosInt = 128
-    text_layers: list[str] = ["out_proj"]  # module-name suffixes in the text tower (attention output proj.)
-    # And in the vision tower. The paper picks `fc2` (second MLP linear) for ViT-L/14 by a layer ablation. The
-    # same ablation on the world's 2-layer ViT (val and train splits, 54 settings of layers x prior x tau): with
-    # `fc2`, PU rose on both splits only at tau 0.1 (T->V R@1 -24..-31); switching this one layer to the
-    # attention `out_proj` at the paper's tau raised T*->V R@1 and PU on both. The paper profile sets `fc2`.
-    vision_layers: list[str] = ["out_proj"]
-    tau: Annotated[float, Field(gt=0, le=1)] = 0.02  # score mass selected per layer (paper: sparsity 0.98)
-    alpha: float = -1.0  # the paper's negation; 0 prunes, values toward +1 trade safety for knowledge
-    magnitude_prior_text: bool = True  # text scores x |W| (the released code; it hurts the vision tower)
+    # Module-name suffixes of the linears scored and edited per tower; an empty list leaves that tower's weights
+    # as they are. The paper edits the text `out_proj` and, for ViT-L/14, the vision `fc2` (its layer ablation),
+    # at tau 0.02 (sparsity 0.98), alpha -1 and the |W| prior on the text scores: the paper profile's values.
+    # The world's (stop 50, benchmarks/uwm_sweep.py on val over seeds 0-2, README "SafeR-CLIP and UWM in the
+    # world"): on the patch-8 base no setting at alpha -1 moved PU by 2 points on every seed without costing
+    # >= 25 points of T->V R@1 (180 settings of layers x priors x tau x alpha -1/0); negating *and scaling* the
+    # text out_proj's top scores without the prior did. Taken: the largest mean gains whose val T->V R@1 cost
+    # stays within 12 points (Safe-CLIP's drop bar): tau 0.06, alpha -2.5, T*->V R@1 +18 / +20 / +19 and PU
+    # +12 / +24 / +23 for -11 / -7 / -17 of T->V R@1, on a plateau (tau 0.045-0.06 at -2.5: PU >= 11 on every
+    # seed). Editing the vision tower as well only added T->V cost.
+    text_layers: list[str] = ["out_proj"]
+    vision_layers: list[str] = []
+    tau: Annotated[float, Field(gt=0, le=1)] = 0.06  # score mass selected per layer (paper: 0.02)
+    alpha: float = -2.5  # the paper's -1 negates; 0 prunes; below -1 negates and scales
+    magnitude_prior_text: bool = False  # text scores x |W| (the released code, the paper profile's)
     magnitude_prior_vision: bool = False
     eps: PosFloat = 1e-8  # added to the token std (the released vision scorer's; its text scorer has none)
+
+    @model_validator(mode="after")
+    def _edits_a_tower(self) -> Uwm:
+        if not self.text_layers and not self.vision_layers:
+            raise ValueError("make_safe.uwm: text_layers and vision_layers are both empty: UWM would edit nothing")
+        return self
 
 
 class MakeSafe(Section):

@@ -143,9 +143,10 @@ def run_uwm(params: Params, log: logging.Logger) -> MadeSafe:
     model = bundle.model.eval().to(device)
     train, _ = load_quadruples(TRAIN, bundle)
     idx = calibration_indices(len(train), cfg.calibration_pairs, params.base.seed)
-    towers = {"text": (model.text_model, target_layers(model.text_model, cfg.text_layers), cfg.magnitude_prior_text),
-              "vision": (model.vision_model, target_layers(model.vision_model, cfg.vision_layers),
-                         cfg.magnitude_prior_vision)}
+    edits = {"text": (model.text_model, cfg.text_layers, cfg.magnitude_prior_text),
+             "vision": (model.vision_model, cfg.vision_layers, cfg.magnitude_prior_vision)}
+    # a tower with no layers named is left as it is (the world edits the text tower alone)
+    towers = {t: (module, target_layers(module, names), prior) for t, (module, names, prior) in edits.items() if names}
     fp = fingerprint("uwm-scores", cfg.calibration_pairs, cfg.batch_size, cfg.text_layers, cfg.vision_layers,
                      cfg.magnitude_prior_text, cfg.magnitude_prior_vision, cfg.eps, params.base.seed,
                      file_digest(BASE_CLIP), file_digest(TRAIN))
@@ -168,11 +169,11 @@ def run_uwm(params: Params, log: logging.Logger) -> MadeSafe:
     record = apply_uwm({t: (layers, scores[t]) for t, (_m, layers, _p) in towers.items()}, cfg.tau, cfg.alpha, log)
     bundle.model = model.cpu()
     metrics: dict[str, float | int] = {"make_safe.uwm.calibration_pairs": len(idx)}
-    for tower in towers:
+    for tower in edits:  # an untouched tower reads 0, so every run has the same metric names
         rows = {k: v for k, v in record.items() if k.startswith(tower + ".")}
         negated, size = sum(v["negated"] for v in rows.values()), sum(v["weights"] for v in rows.values())
         metrics[f"make_safe.uwm.mask.{tower}.negated"] = negated
-        metrics[f"make_safe.uwm.mask.{tower}.percent"] = 100 * negated / size
+        metrics[f"make_safe.uwm.mask.{tower}.percent"] = 100 * negated / size if size else 0.0
     for name, v in record.items():
         metrics[f"make_safe.uwm.mask.{name}.negated"] = v["negated"]
         metrics[f"make_safe.uwm.mask.{name}.percent"] = 100 * v["negated"] / v["weights"]

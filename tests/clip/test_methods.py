@@ -98,7 +98,7 @@ def test_safer_clip_refuses_stale_targets(workspace, monkeypatch, capsys):
 
 
 def test_uwm_negates_only_the_selected_weights_of_the_chosen_layers(workspace, monkeypatch, capsys):
-    assert Uwm().text_layers == ["out_proj"] and Uwm().vision_layers == ["out_proj"]  # what the asserts rely on
+    assert Uwm().text_layers == ["out_proj"] and Uwm().vision_layers == []  # what the asserts rely on
     run_stage(monkeypatch, "stages.make_safe", "--method", "uwm")
     base = load_clip("models/base_clip").model.state_dict()
     safe = load_clip("models/safe/uwm").model.state_dict()
@@ -110,12 +110,13 @@ def test_uwm_negates_only_the_selected_weights_of_the_chosen_layers(workspace, m
             continue
         layers = Uwm().text_layers if k.startswith("text_model.") else Uwm().vision_layers
         assert k.endswith(tuple(f".{name}.weight" for name in layers)), f"{k} changed"
-        assert torch.equal(v[diff], -base[k][diff]), f"{k}: changed weights are exactly negated"
+        assert torch.equal(v[diff], Uwm().alpha * base[k][diff]), f"{k}: changed weights are exactly x alpha"
         total += int(diff.sum())
     negated = m["make_safe.uwm.mask.text.negated"] + m["make_safe.uwm.mask.vision.negated"]
     assert 0 < total == negated  # (a weight exactly 0 would not show as changed; none is in a trained model)
     per_layer = {k: v for k, v in m.items() if k.endswith(".negated") and ".encoder." in k}
-    assert len(per_layer) == 2 * TINY.num_layers and sum(per_layer.values()) == negated
+    assert len(per_layer) == TINY.num_layers and sum(per_layer.values()) == negated  # the text tower's
+    assert m["make_safe.uwm.mask.vision.negated"] == 0 and m["make_safe.uwm.mask.vision.percent"] == 0
     assert m["make_safe.uwm.calibration_pairs"] == 24
 
     first = load_clip("models/safe/uwm").model.state_dict()

@@ -153,6 +153,9 @@ def test_compose_paper_profile(tmp_path):
     assert p.sft.finetune == "lora"
     assert p.sft.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]  # lists are replaced, not merged
     assert p.world == Params().world  # untouched sections keep the world defaults
+    u = p.make_safe.uwm  # the paper's UWM, not the world's text-only, scaled negation
+    assert (u.text_layers, u.vision_layers, u.tau, u.alpha, u.magnitude_prior_text) == (
+        ["out_proj"], ["fc2"], 0.02, -1.0, True)
 
 
 def test_compose_with_override(tmp_path):
@@ -193,6 +196,13 @@ def test_q16_among_visu_judges_needs_the_evaluations_q16_prompts(tmp_path):
     ok = load_params(write(tmp_path, "visu:\n  images:\n    judges: [q16]\njudge:\n"
                                      "  q16_prompts: data/q16/q16.safetensors\n"))
     assert ok.visu.images.judges == ["q16"]
+
+
+def test_uwm_must_edit_at_least_one_tower(tmp_path):
+    msg = error(write(tmp_path, "make_safe:\n  uwm:\n    text_layers: []\n    vision_layers: []\n"))
+    assert "text_layers and vision_layers are both empty" in msg
+    ok = load_params(write(tmp_path, "make_safe:\n  uwm:\n    text_layers: []\n    vision_layers: [fc2]\n"))
+    assert ok.make_safe.uwm.text_layers == [] and ok.make_safe.uwm.vision_layers == ["fc2"]
 
 
 def test_a_lone_object_may_have_a_glyph_wider_than_a_cell_but_two_objects_may_not(tmp_path):
