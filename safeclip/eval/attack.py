@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from safeclip.clip.model import text_embeddings
 from safeclip.eval.retrieval import topk_indices
 
-CHUNK = 4096  # candidate prompts scored per forward pass
+# candidate prompts scored per forward pass: the world text tower scored 15.7k prompts in 0.90 s at 1,024 a pass
+# against 1.34 at 4,096 (one thread; 0.56 against 0.85 at two): the activations of 4,096 overflow the caches
+CHUNK = 1024
 
 
 @dataclass
@@ -239,14 +241,17 @@ def count_fillings(length: int, n_forced: int, n_tokens: int, max_changes: int) 
 
 
 def exhaustive_optimum(objective: TextObjective, origin: torch.Tensor, forced: Sequence[int], target: torch.Tensor,
-                       allowed: torch.Tensor, max_changes: int, decode: Callable[[torch.Tensor], str] | None = None,
+                       allowed: torch.Tensor, max_changes: int,
+                       decode_rows: Callable[[torch.Tensor], Sequence[str]] | None = None,
                        pattern: re.Pattern | None = None) -> float | None:
     """The best objective over every legal filling of one caption: the optimum the search is checked against.
-    Legal as for the search: within the budget, and (with `decode` and a banned `pattern`) no banned word in the
-    decoded text, which sub-word tokens can spell together. None when no filling is legal (nothing to check)."""
+    Legal as for the search: within the budget, and (with `decode_rows`, the texts of a [n, L] batch of token
+    rows, and a banned `pattern`) no banned word in the decoded text, which sub-word tokens can spell together.
+    The rows are decoded as one batch: one at a time, ~16k rows took ~0.4 s a caption. None when no filling is
+    legal (nothing to check)."""
     fills = legal_fillings(origin, forced, allowed, max_changes)
-    if decode is not None and pattern is not None:
-        fills = fills[[not contains_banned(decode(f), pattern) for f in fills]]
+    if decode_rows is not None and pattern is not None:
+        fills = fills[[not contains_banned(text, pattern) for text in decode_rows(fills)]]
     if not len(fills):
         return None
     return float(objective.loss(fills, target[None], torch.zeros(len(fills), dtype=torch.long)).min())

@@ -151,6 +151,9 @@ def run_attack_suite(bundle: ClipBundle, captions: Sequence[str], targets: torch
     def decode(slots: torch.Tensor) -> str:
         return " ".join(tok.decode(slots.tolist(), skip_special_tokens=True).split())
 
+    def decode_rows(rows: torch.Tensor) -> list[str]:  # decode's texts for a batch of rows, in one call
+        return [" ".join(t.split()) for t in tok.batch_decode(rows.tolist(), skip_special_tokens=True)]
+
     def score(key: str, texts: list[str]) -> None:
         emb = encode_texts(bundle, texts, batch_size)
         for g, gal in galleries.items():
@@ -195,7 +198,7 @@ def run_attack_suite(bundle: ClipBundle, captions: Sequence[str], targets: torch
                 check = [i for i, (ids, forced) in enumerate(tokens[:cfg.exhaustive_check])
                          if count_fillings(len(ids), len(forced), n_tokens, budget[i]) <= cfg.exhaustive_limit]
                 optima = {i: exhaustive_optimum(objective, torch.tensor(tokens[i][0]), tokens[i][1], targets[i],
-                                                allowed, budget[i], decode, pattern) for i in check}
+                                                allowed, budget[i], decode_rows, pattern) for i in check}
                 gaps = [result.loss[i].item() - best for i, best in optima.items() if best is not None]
                 if gaps:  # a positive gap: the search stopped short of the optimum
                     m[f"attack.{key}.exhaustive_prompts"] = len(gaps)

@@ -195,11 +195,11 @@ def test_banned_words_spelt_by_sub_word_tokens_are_caught(tmp_path) -> None:
     # the enumerated optimum the search is checked against obeys the same ban (a few tokens keep it small)
     few = torch.zeros(len(tok), dtype=torch.bool)
     few[[*origin[0, forced].tolist(), *tok.convert_tokens_to_ids(["a", "x"])]] = True
-    decode = lambda s: tok.decode(s.tolist())  # noqa: E731
+    rows = lambda s: tok.batch_decode(s.tolist())  # noqa: E731
     assert exhaustive_optimum(BackToTheCaption(), origin[0], forced, torch.zeros(1), few, 3) == 0
-    assert exhaustive_optimum(BackToTheCaption(), origin[0], forced, torch.zeros(1), few, 3, decode, pattern) == 1
+    assert exhaustive_optimum(BackToTheCaption(), origin[0], forced, torch.zeros(1), few, 3, rows, pattern) == 1
     everything = banned_pattern(["red"])  # every filling keeps the caption's "red": none is legal
-    assert exhaustive_optimum(BackToTheCaption(), origin[0], forced, torch.zeros(1), few, 3, decode, everything) is None
+    assert exhaustive_optimum(BackToTheCaption(), origin[0], forced, torch.zeros(1), few, 3, rows, everything) is None
 
 
 def test_a_seeded_sampled_search_reproduces_exactly(tower) -> None:
