@@ -87,6 +87,12 @@ def expand(args: list[str]) -> list[str]:
 
 
 def main() -> None:
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(__doc__)
+        return
+    unknown = [a for a in sys.argv[1:] if a.startswith("-") and a != "--inputs"]
+    if unknown:  # Hydra would read it as a malformed override and print a lexer traceback
+        sys.exit(f"safeclip.profiles: unknown option {unknown[0]} (overrides are key=value; see --help)")
     if sys.argv[1:2] == ["--inputs"]:
         rederive_inputs(sys.argv[2] if len(sys.argv) > 2 else Path(os.getcwd()) / "params.yaml")
         return

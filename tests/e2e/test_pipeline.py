@@ -20,7 +20,11 @@ VISU_SHARD = 15  # rows: the CI-scale train split has 30 (600 x 0.05)
 # UNet steps (10 each, base.scale's floor). The code paths are the same; quality at CI scale is not checked here.
 CI = [f"base.scale={SCALE}", "base.num_threads=1", "sft.epochs=20", "sft.learning_rate=0.003",
       "base_sd.world.vae.steps=200", "base_sd.world.unet.steps=200",
-      f"visu.shard_size={VISU_SHARD}"]  # two shards of the train split, one per process of the 2-process visu test
+      f"visu.shard_size={VISU_SHARD}",  # two shards of the train split, one per process of the 2-process visu test
+      "eval_attack.exhaustive_check=1"]  # the enumeration's path, once a model: ~1 s a prompt at one thread
+# The 2-process training tests check that the ranks run and the model is written, not what it learns: short runs
+TWO_PROCESS = ["base.num_processes=2", "sft.epochs=2", "make_safe.safe_clip.max_steps=4",
+               "make_safe.safer_clip.epochs=1"]
 METHODS = ("safe_clip", "safer_clip", "uwm")
 pytestmark = pytest.mark.slow
 
@@ -220,7 +224,7 @@ def test_metrics_show_and_experiment_diff(repo: Path) -> None:
 
 
 def test_sft_with_two_processes(repo: Path) -> None:
-    run([sys.executable, "-m", "safeclip.profiles", *CI, "base.num_processes=2"], repo)
+    run([sys.executable, "-m", "safeclip.profiles", *CI, *TWO_PROCESS], repo)
     (repo / "models/llm_sft/model.safetensors").unlink()
     proc = run([sys.executable, "-m", "safeclip.launch", "stages.sft"], repo)
     assert "[rank 1]" in proc.stderr and "process 1 of 2" in proc.stderr, proc.stderr[-3000:]
@@ -230,7 +234,7 @@ def test_sft_with_two_processes(repo: Path) -> None:
 
 @pytest.mark.parametrize("method", ["safe_clip", "safer_clip"])
 def test_make_safe_with_two_processes(repo: Path, method: str) -> None:
-    run([sys.executable, "-m", "safeclip.profiles", *CI, "base.num_processes=2"], repo)
+    run([sys.executable, "-m", "safeclip.profiles", *CI, *TWO_PROCESS], repo)
     shutil.rmtree(repo / f"models/safe/{method}")
     proc = run([sys.executable, "-m", "safeclip.launch", "stages.make_safe", "--method", method], repo)
     assert "[rank 1]" in proc.stderr, proc.stderr[-3000:]

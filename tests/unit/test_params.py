@@ -1,5 +1,8 @@
 """params.yaml validation (every bad key named) and the Hydra composition that writes it from conf/."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,6 +167,24 @@ def test_compose_with_override(tmp_path):
     p = load_params(out)
     assert p.base.scale == 0.1 and p.sft.epochs == 2
     assert p.base.profile == "world"
+
+
+def test_a_later_override_wins(tmp_path):
+    """The e2e tests append per-test overrides to the CI list (`sft.epochs=20` ... `sft.epochs=2`)."""
+    out = tmp_path / "p.yaml"
+    compose(out, ["sft.epochs=20", "base.scale=0.1", "sft.epochs=2"], root=REPO)
+    assert load_params(out).sft.epochs == 2
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_profiles_help_prints_the_usage_and_writes_nothing(tmp_path, flag):
+    proc = subprocess.run([sys.executable, "-m", "safeclip.profiles", flag], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0 and "python -m safeclip.profiles profile=paper" in proc.stdout, proc.stderr
+    assert not (tmp_path / "params.yaml").exists()
+    bad = subprocess.run([sys.executable, "-m", "safeclip.profiles", "--verbose"], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert bad.returncode != 0 and "unknown option --verbose" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_paper_profile_names_a_dpo_scorer_on_the_hub(tmp_path):
