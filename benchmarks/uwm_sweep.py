@@ -71,8 +71,11 @@ def main() -> int:
         base = retrieval_metrics(base_emb, [1], [1])
         print(f"{repo}: base on {args.split}: " + ", ".join(f"{k} {base[v]:.1f}" for k, v in keys.items()), flush=True)
 
+        def tower_of(model, tower: str):
+            return model.text_model if tower == "text" else model.vision_model
+
         def layers_of(model, tower: str, names: str):
-            return target_layers(model.text_model if tower == "text" else model.vision_model, names.split(","))
+            return target_layers(tower_of(model, tower), names.split(","))
 
         settings: list[tuple[str, str, str, dict[str, torch.Tensor]]] = []  # (text set, vision set, priors, scores)
         if recalibrate:
@@ -83,9 +86,9 @@ def main() -> int:
                 scores = {}
                 for tower, names, on in (("text", text_set, prior[0] == "t"), ("vision", vision_set, prior[1] == "t")):
                     if names != "-":
-                        module = model.text_model if tower == "text" else model.vision_model
                         batches = uwm_batches(train, idx, cfg.batch_size, tower)
-                        scores[tower] = calibrate_tower(module, layers_of(model, tower, names), batches, cfg.eps, on)
+                        scores[tower] = calibrate_tower(tower_of(model, tower), layers_of(model, tower, names),
+                                                        batches, cfg.eps, on)
                 settings.append((text_set, vision_set, prior, scores))
         else:
             caches = sorted(Path("checkpoints/make_safe/uwm").glob("scores-*.safetensors"))
