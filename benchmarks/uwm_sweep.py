@@ -96,6 +96,7 @@ def main() -> int:
                 raise SystemExit(f"{repo}: expected one cached UWM score file, found {len(caches)}")
             flat = load_file(str(caches[0]))  # keys "<tower>/<layer>", as make_safe@uwm writes them
             cached = {t: {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(t + "/")} for t in TOWERS}
+            cached = {t: s for t, s in cached.items() if s}  # a tower the stage left alone has no scores
             settings.append((text_sets[0], vision_sets[0], priors[0], cached))
         for (text_set, vision_set, prior, scores), tau, alpha in itertools.product(settings, args.tau, alphas):
             bundle = load_clip("models/base_clip")
