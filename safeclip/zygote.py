@@ -17,7 +17,8 @@ Only third-party modules stay warm: the repo's code is imported fresh in each ch
 stages is seen as in a cold start, and the key of the warm process holds the venv's package folder's mtime, so
 an install starts another. The warm process computes nothing before it forks (no OpenMP pool, no torch
 thread), and leaves after `IDLE_S` seconds with no stage running (`SAFECLIP_ZYGOTE_IDLE_S` sets another
-number). `SAFECLIP_ZYGOTE=0` turns warm starts off.
+number). `SAFECLIP_ZYGOTE=0` turns warm starts off; they are off by default on a machine with an NVIDIA GPU
+(`enabled`).
 """
 
 from __future__ import annotations
@@ -51,8 +52,12 @@ _HEADER = struct.Struct("!Q")
 
 
 def enabled() -> bool:
-    return (os.environ.get("SAFECLIP_ZYGOTE", "1") != "0" and hasattr(os, "fork") and hasattr(socket, "send_fds")
-            and hasattr(socket, "AF_UNIX"))
+    """`SAFECLIP_ZYGOTE` 1 or 0; unset, on unless the machine has an NVIDIA GPU: there a stage's GPU work dwarfs
+    its imports, and a library that touched CUDA in the warm process would leave every forked child unable to."""
+    if not (hasattr(os, "fork") and hasattr(socket, "send_fds") and hasattr(socket, "AF_UNIX")):
+        return False
+    setting = os.environ.get("SAFECLIP_ZYGOTE", "")
+    return setting == "1" or (setting != "0" and not os.path.exists("/dev/nvidiactl"))
 
 
 def socket_path() -> Path | None:

@@ -46,8 +46,7 @@ def repo():
     (tmp / "stages/version.py").write_text("VERSION = 1\n")
     (tmp / "tmp").mkdir()
     env = {**os.environ, "TMPDIR": str(tmp / "tmp"), "PYTHONPATH": f"{tmp}{os.pathsep}{ROOT}",
-           "PROBE_VAR": "x", "SAFECLIP_ZYGOTE_IDLE_S": "30"}
-    env.pop("SAFECLIP_ZYGOTE", None)
+           "PROBE_VAR": "x", "SAFECLIP_ZYGOTE_IDLE_S": "30", "SAFECLIP_ZYGOTE": "1"}  # 1: on a GPU machine too
     yield tmp, env
     for sock in (tmp / "tmp").glob("safeclip-zygote-*/*.sock"):
         sock.unlink()  # the warm process sees its socket gone and leaves
@@ -99,8 +98,8 @@ def test_exit_codes_and_tracebacks_are_the_stages(repo):
 def test_an_edit_is_read_fresh_and_a_new_environment_gets_its_own_warm_process(repo):
     tmp, env = repo
     warm_up(tmp, env)
-    (tmp / "stages/version.py").write_text("VERSION = 2\n")
-    assert json.loads(launch(tmp, env).stdout)["version"] == 2
+    (tmp / "stages/version.py").write_text("VERSION = 20\n")  # another size: a .pyc keyed on the same second
+    assert json.loads(launch(tmp, env).stdout)["version"] == 20
     other = json.loads(launch(tmp, {**env, "PROBE_VAR": "y"}).stdout)  # cold: its own warm one starts
     assert other["var"] == "y" and other["ppid"] == os.getpid()
     off = json.loads(launch(tmp, {**env, "SAFECLIP_ZYGOTE": "0"}).stdout)
@@ -158,3 +157,12 @@ def test_stages_launched_while_it_warms_up_start_no_second_one(repo):
         time.sleep(0.1)
     logs = list((tmp / "tmp").glob("safeclip-zygote-*/*.log"))
     assert len(logs) == 1 and logs[0].read_text().count("warm process") == 1, logs[0].read_text()
+
+
+def test_warm_starts_are_off_when_asked_and_by_default_beside_a_gpu(monkeypatch):
+    from safeclip import zygote
+
+    for setting, gpu, expected in (("0", False, False), ("1", True, True), ("", True, False), ("", False, True)):
+        monkeypatch.setenv("SAFECLIP_ZYGOTE", setting)
+        monkeypatch.setattr(zygote.os.path, "exists", lambda p, gpu=gpu: gpu and p == "/dev/nvidiactl")
+        assert zygote.enabled() is expected, (setting, gpu)
