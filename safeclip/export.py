@@ -25,36 +25,11 @@ import yaml
 
 from safeclip.clip.model import TEXT_PREFIX, text_encoder  # noqa: F401 (re-exported)
 from safeclip.io import InputError, _umask, atomic_dir, write_json
+from safeclip.methods.registry import BASE, BY_NAME, NAMES
 from safeclip.params import Params, load_params
 from safeclip.stage import entry_point
 
-METHODS = ("safe_clip", "safer_clip", "uwm")
-BASE = "none"  # the base CLIP's name in metrics/{retrieval,zeroshot}/
 SD_TEXT_WIDTH = 768  # SD 1.x's cross-attention width (CLIP ViT-L/14's text tower)
-
-METHOD_NAMES = {"safe_clip": "Safe-CLIP", "safer_clip": "SafeR-CLIP", "uwm": "UWM"}
-METHOD_TEXT = {
-    "safe_clip": (
-        "**Safe-CLIP** (Poppi et al., ECCV 2024) fine-tunes both CLIP towers with LoRA on ViSU quadruples (a safe "
-        "caption and image with their unsafe counterparts). Eight loss terms (cosine distances and InfoNCE against a "
-        "frozen copy of the base model) redirect each unsafe caption and image to the embedding of its safe "
-        "counterpart while keeping safe inputs where the base model put them. The LoRA weights are merged, so the "
-        "result is a plain CLIP with the base model's architecture."
-    ),
-    "safer_clip": (
-        "**SafeR-CLIP** (Yousaf et al., AAAI 2026) refines Safe-CLIP: each unsafe input is redirected to its "
-        "*nearest* safe caption (and that caption's image) in the frozen base model instead of its fixed ViSU "
-        "partner, with a relative softplus loss whose only negative is the input's own unsafe counterpart, "
-        "unimodal pulls towards the target, Safe-CLIP's preservation terms and an easy-to-hard curriculum. The "
-        "loss weights were not published; see the params below. LoRA on both towers, merged into a plain CLIP."
-    ),
-    "uwm": (
-        "**UWM** (Unsafe Weights Manipulation, D'Inca et al., WACV 2026) is training-free: one forward pass over "
-        "paired safe/unsafe calibration inputs scores every weight of the selected layers by how much more it "
-        "serves unsafe than safe content; in each layer the weights holding the top tau of the score mass are "
-        "multiplied by alpha (negated by default). The architecture and every other weight are unchanged."
-    ),
-}
 
 # (metric key, label, better): the headline numbers of the card's table.
 MAIN_METRICS = (
@@ -165,7 +140,7 @@ def metrics_table(root: Path, method: str) -> str:
         if key in present:
             rows.append((key, label, "higher"))
             break
-    name = METHOD_NAMES[method]
+    name = BY_NAME[method].display
     lines = [f"| metric | better | base CLIP | {name} | Δ |", "|---|---|---|---|---|"]
     for key, label, better in rows:
         b, s = (base or {}).get(key), (safe or {}).get(key)
@@ -195,7 +170,7 @@ def _yaml(obj) -> str:
 
 def model_card(method: str, params: Params, root: Path, commit: str, hidden_size: int,
                open_clip: dict[str, Any] | None) -> str:
-    name = METHOD_NAMES[method]
+    name = BY_NAME[method].display
     source = params.base_clip.source
     world = params.base.profile == "world" or source == "world"
     front: dict[str, Any] = {"library_name": "transformers", "tags": ["clip", "safety", method]}
@@ -207,7 +182,7 @@ def model_card(method: str, params: Params, root: Path, commit: str, hidden_size
             "> **Warning: a tiny synthetic-world model.** This CLIP was trained and made safe on the pipeline's "
             "synthetic world (small rendered scenes and a word-level vocabulary; `base.profile: world`). It is a "
             "test artefact of the pipeline, **not usable for real images or real text**, and not a safety filter.")
-    parts.append(METHOD_TEXT[method])
+    parts.append(BY_NAME[method].card)
     parts.append(f"- method: `{method}` (`params.make_safe.{method}`)\n- base CLIP: `{source}`"
                  + (f" (revision `{params.base_clip.revision}`)" if params.base_clip.revision else "")
                  + f"\n- profile: `{params.base.profile}`\n- git commit: `{commit}`")
@@ -257,8 +232,8 @@ def model_card(method: str, params: Params, root: Path, commit: str, hidden_size
 
 def export(method: str, root: str | Path = ".", out: str | Path | None = None) -> Path:
     """Write the export folder for `method`; returns its path."""
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
+    if method not in NAMES:
+        raise InputError(f"unknown method {method!r} (one of {', '.join(NAMES)})")
     root = Path(root)
     out = Path(out) if out is not None else root / "exports" / method
     src = root / "models" / "safe" / method
@@ -307,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Export models/safe/<method> as a folder with clip/, text_encoder/ + tokenizer/ "
                                     "(Stable Diffusion layout), an open_clip checkpoint when the base came from "
                                     "open_clip, and a README.md model card.")
-    ex.add_argument("--method", required=True, choices=METHODS)
+    ex.add_argument("--method", required=True, choices=NAMES)
     ex.add_argument("--root", default=".", help="the pipeline workspace (default: .)")
     ex.add_argument("--out", default=None, help="output folder (default: <root>/exports/<method>)")
     return ap

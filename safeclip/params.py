@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from safeclip.methods import registry
 from safeclip.world.catalogue import POSITIONS
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -603,7 +604,7 @@ class EvalAttack(Section):
         return self
 
 
-MethodName = Literal["safe_clip", "safer_clip", "uwm"]
+MethodName = Literal[registry.NAMES]
 
 
 class Params(Section):
@@ -618,7 +619,7 @@ class Params(Section):
     visu: Visu = Visu()
     base_clip: BaseClip = BaseClip()
     # make_safe@m, evaluate@m and eval_generation@m for each; the base CLIP is always evaluated (the *_base stages)
-    methods: Annotated[list[MethodName], AfterValidator(_unique)] = ["safe_clip", "safer_clip", "uwm"]
+    methods: Annotated[list[MethodName], AfterValidator(_unique)] = list(registry.NAMES)
     make_safe: MakeSafe = MakeSafe()
     evaluate: Evaluate = Evaluate()
     base_sd: BaseSd = BaseSd()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safeclip.io import InputError, write_json, write_text
+from safeclip.methods.registry import BASE
 
 HEADLINE = (
     "retrieval.t_star_to_v.r1", "retrieval.v_star_to_t.r1", "unsafe_retrieved.unsafe_text.top1", "safeground.PS",
@@ -117,7 +118,7 @@ def summarise(values: Iterable[float | None]) -> Summary:
 
 def seeds_table(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> dict[str, dict[str, Summary]]:
     """model -> metric -> Summary over the runs, for `metrics` (default: every metric some run has)."""
-    models = sorted(set().union(*(r.metrics for r in runs)), key=lambda m: (m != "none", m))
+    models = sorted(set().union(*(r.metrics for r in runs)), key=lambda m: (m != BASE, m))
     table: dict[str, dict[str, Summary]] = {}
     for m in models:
         keys = metrics if metrics is not None else sorted(set().union(*(r.metrics.get(m, {}) for r in runs)))
@@ -136,7 +137,7 @@ def claim_verdicts(runs: Sequence[Run], table: dict[str, dict[str, Summary]]) ->
             out += attack.claims(metrics, methods)
         return out
 
-    methods = [m for m in table if m != "none"]
+    methods = [m for m in table if m != BASE]
     per_seed = [verdicts(r.metrics, methods) for r in runs]
     means = {m: {k: s.mean for k, s in row.items()} for m, row in table.items()}
     for m in means:  # the budget the attack claims read is a setting, equal in every run

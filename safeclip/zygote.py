@@ -53,8 +53,9 @@ _HEADER = struct.Struct("!Q")
 
 def enabled() -> bool:
     """`SAFECLIP_ZYGOTE` 1 or 0; unset, on unless the machine has an NVIDIA GPU: there a stage's GPU work dwarfs
-    its imports, and a library that touched CUDA in the warm process would leave every forked child unable to."""
-    if not (hasattr(os, "fork") and hasattr(socket, "send_fds") and hasattr(socket, "AF_UNIX")):
+    its imports, and a library that touched CUDA in the warm process would leave every forked child unable to.
+    Linux only (fd passing, SO_PEERCRED; macOS's system libraries are not safe to fork after they load)."""
+    if not sys.platform.startswith("linux"):
         return False
     setting = os.environ.get("SAFECLIP_ZYGOTE", "")
     return setting == "1" or (setting != "0" and not os.path.exists("/dev/nvidiactl"))
@@ -184,10 +185,13 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
         staging.unlink(missing_ok=True)
         path.with_suffix(".starting").unlink(missing_ok=True)
     ours = path.stat().st_ino
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))  # let running stages finish, then leave
     children: dict[int, socket.socket] = {}
     last = time.monotonic()
+    accepting = True
     try:
-        while children or time.monotonic() - last < idle_s:
+        while children or (accepting and time.monotonic() - last < idle_s):
             for pid in list(children):
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
@@ -196,23 +200,35 @@ def serve(path: Path, idle_s: float = IDLE_S) -> None:
                         conn.sendall(f"{status}\n".encode())
                     conn.close()
                     last = time.monotonic()
-            if select.select([listener], [], [], 0.05)[0]:
+            accepting = accepting and not stopping and _still_ours(path, ours)
+            if not accepting:
+                _release(path, ours)  # the next launcher starts another; the stages running here finish here
+                time.sleep(0.05)
+            elif select.select([listener], [], [], 0.05)[0]:
                 conn, _ = listener.accept()
-                with contextlib.suppress(OSError, ValueError):
-                    pid = _fork(conn, [listener, *children.values()])
-                    children[pid] = conn
+                try:
+                    children[_fork(conn, [listener, *children.values()])] = conn
                     last = time.monotonic()
-                    continue
-                conn.close()
-            try:
-                if path.stat().st_ino != ours:
-                    break  # replaced: another warm process is the one to use
-            except FileNotFoundError:
-                break  # removed
+                except (OSError, ValueError):
+                    conn.close()
     finally:
+        _release(path, ours)
+        listener.close()
+    path.with_suffix(".log").unlink(missing_ok=True)  # a clean exit: nothing in it to keep
+
+
+def _still_ours(path: Path, ours: int) -> bool:
+    """False once the socket file was removed or replaced (a newer warm process took the key)."""
+    try:
+        return path.stat().st_ino == ours
+    except FileNotFoundError:
+        return False
+
+
+def _release(path: Path, ours: int) -> None:
+    if _still_ours(path, ours):
         with contextlib.suppress(OSError):
-            if path.stat().st_ino == ours:
-                path.unlink()
+            path.unlink()
 
 
 def _claim(staging: Path, path: Path) -> bool:
@@ -274,6 +290,7 @@ def _child(conn: socket.socket, inherited: list[socket.socket], fds: list[int], 
     """The stage process: become what a cold `python -m safeclip.launch ARGV` would be, then run it."""
     code = 1
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the warm process's own handler is not the stage's
         for other in inherited:  # the listener and other stages' connections
             other.close()
         with contextlib.suppress(OSError):

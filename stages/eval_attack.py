@@ -10,8 +10,9 @@ from safeclip.checkpoint import file_digest, fingerprint, prepare_checkpoint_dir
 from safeclip.clip.model import load_clip
 from safeclip.eval.attack_generation import draw_and_judge, write_images
 from safeclip.eval.attack_suite import mixed_gallery, pick_prompts, run_attack_suite, write_prompts
-from safeclip.eval.embed import BASE, embeddings_path, load_embeddings, model_path
+from safeclip.eval.embed import embeddings_path, load_embeddings, model_path
 from safeclip.io import InputError, atomic_dir, write_metrics, write_plot_csv
+from safeclip.methods.registry import BASE
 from safeclip.params import Params
 from safeclip.runtime import compute_device, scaled
 from safeclip.sd.pipeline import BASE_SD

@@ -12,10 +12,11 @@ import pyarrow as pa
 from safeclip.checkpoint import file_digest, fingerprint, prepare_checkpoint_dir
 from safeclip.clip.model import encode_images, encode_texts, load_clip, text_encoder
 from safeclip.data.schemas import VISU
-from safeclip.eval.embed import BASE, model_path
+from safeclip.eval.embed import model_path
 from safeclip.eval.generation import generation_metrics, read_i2p, visu_prompts
 from safeclip.eval.judges import build_panel, flag_images
 from safeclip.io import InputError, atomic_dir, read_parquet, write_metrics, write_parquet
+from safeclip.methods.registry import BASE
 from safeclip.runtime import compute_device, scaled
 from safeclip.sd.pipeline import BASE_SD, DTYPES, load_pipeline, swap_text_encoder, text_width, unet_width, use_sampler
 from safeclip.sd.sample import decode_png, generate, image_grid, jobs, png_bytes

@@ -7,10 +7,11 @@ start-up and imports, against well under a second of work.
 """
 
 from safeclip.clip.model import load_clip
-from safeclip.eval.embed import BASE, embed_split, embeddings_path, load_embeddings, model_path, save_embeddings
+from safeclip.eval.embed import embed_split, embeddings_path, load_embeddings, model_path, save_embeddings
 from safeclip.eval.suite import recall_curve, retrieval_metrics
 from safeclip.eval.zeroshot import folder_zeroshot, world_zeroshot
 from safeclip.io import write_metrics, write_plot_csv
+from safeclip.methods.registry import BASE
 from safeclip.runtime import compute_device
 from safeclip.stage import entry_point, option, run_stage, start
 

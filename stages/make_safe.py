@@ -4,10 +4,11 @@
 """
 
 from safeclip.io import write_metrics, write_plot_csv
+from safeclip.methods import registry
 from safeclip.methods.runners import RUNNERS
 from safeclip.stage import entry_point, option, run_stage, start
 
-METHODS = list(RUNNERS)
+METHODS = list(registry.NAMES)
 
 
 @entry_point

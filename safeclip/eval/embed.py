@@ -11,9 +11,9 @@ from safetensors.torch import load_file, save_file
 from safeclip.clip.model import ClipBundle, encode_images, encode_texts
 from safeclip.data.schemas import VISU
 from safeclip.io import InputError, atomic_path, read_parquet
+from safeclip.methods.registry import BASE
 
 KEYS = ("text_safe", "text_unsafe", "image_safe", "image_unsafe")
-BASE = "none"  # the model every method is compared with
 
 
 def model_path(name: str) -> Path:

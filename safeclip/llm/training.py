@@ -1,4 +1,4 @@
-"""trl training shared by base_llm pretraining, SFT and (later) DPO: config, resume, NaN guard, loss curves."""
+"""trl training shared by base_llm pretraining, SFT and DPO: config, resume, NaN guard, loss curves."""
 
 from __future__ import annotations
 

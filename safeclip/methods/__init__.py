@@ -1,1 +1,3 @@
-"""Ways of making a CLIP safe: Safe-CLIP (trained with LoRA); more methods plug in beside it."""
+"""Ways of making a CLIP safe: Safe-CLIP and SafeR-CLIP (trained with LoRA, one trainer), UWM (training-free).
+
+`runners.py` runs one by name for the make_safe stage; the losses and the UWM edit are pure functions."""

@@ -2,7 +2,7 @@
 its fixed ViSU partner, with a relative loss whose only negative is the input's own unsafe counterpart, and an
 easy-to-hard curriculum.
 
-The paper's code and loss weights are not public (see ../shared/research/competitors.md, part A): the
+The paper's code and loss weights are not public (as of its AAAI 2026 version): the
 formulas below are those of its slides; the text-side relative term is the "symmetric" one they mention, and
 preservation is Safe-CLIP's (cosine to the reference plus InfoNCE against the other tower's reference).
 """

@@ -4,7 +4,7 @@ paired safe ones.
 
 Scoring follows the paper's Eq. 8-10 as the released code computes them (Moreno98/UWM): per calibration pair
 the ratio psi_unsafe / psi_safe, averaged over pairs (the paper writes a ratio of means; the code, and this
-module, a mean of per-pair ratios). Facts and sources: ../shared/research/competitors.md, part B.
+module, a mean of per-pair ratios).
 """
 
 from __future__ import annotations

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safeclip.io import InputError
+from safeclip.methods.registry import BASE, display_name  # noqa: F401 (display_name: re-exported)
 
-BASE = "none"  # the base CLIP's model name in every metrics path (safeclip.eval.embed.BASE; not imported: torch)
-DISPLAY_NAMES = {BASE: "CLIP (base)", "safe_clip": "Safe-CLIP", "safer_clip": "SafeR-CLIP", "uwm": "UWM"}
 MISSING = "–"
 
 # "UWM keeps PS close to the base": the paper reports 67.8 vs 67.5 (0.3 points). 5 points is a loose band that
@@ -29,10 +28,6 @@ ZEROSHOT_PREFIX = "zeroshot."
 ZEROSHOT_MEAN_KEYS = ("zeroshot.datasets_mean", "zeroshot.mean")  # headline order: the paper's sets, then world
 
 Metrics = dict[str, float | None]
-
-
-def display_name(model: str) -> str:
-    return DISPLAY_NAMES.get(model, model)
 
 
 # ---------------------------------------------------------------------------------------------------- loading

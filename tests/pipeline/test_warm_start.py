@@ -32,8 +32,8 @@ STAGE = textwrap.dedent("""
         if "--raise" in sys.argv:
             raise RuntimeError("boom from the stage")
         if "--sleep" in sys.argv:
-            open("sleeping", "w").write(str(os.getpid()))
-            time.sleep(60)
+            open("sleeping", "w").write(f"{os.getpid()} {os.getppid()}")
+            time.sleep(float(sys.argv[-1]))
 """)
 
 
@@ -117,23 +117,40 @@ def wait_gone(pid: int) -> bool:
     return False
 
 
+def sleeping_stage(tmp: Path, env: dict, seconds: float) -> tuple[subprocess.Popen, int, int]:
+    """A launcher whose stage sleeps; the launcher, the stage's pid and its parent's."""
+    proc = subprocess.Popen([sys.executable, "-m", "safeclip.launch", "stages.probe", "--sleep", str(seconds)],
+                            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (tmp / "sleeping").exists() or not (tmp / "sleeping").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    stage, parent = (int(x) for x in (tmp / "sleeping").read_text().split())
+    return proc, stage, parent
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_signalled_launcher_stops_its_stage(repo, sig):
     """SIGTERM is passed on and the launcher dies of it as the stage did; a SIGKILLed launcher cannot pass it
     on, and its stage, reading EOF on the connection, kills itself."""
     tmp, env = repo
     warm_up(tmp, env)
-    proc = subprocess.Popen([sys.executable, "-m", "safeclip.launch", "stages.probe", "--sleep"], cwd=tmp, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not (tmp / "sleeping").exists() or not (tmp / "sleeping").read_text():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    stage = int((tmp / "sleeping").read_text())
+    proc, stage, _ = sleeping_stage(tmp, env, 60)
     assert stage != proc.pid
     proc.send_signal(sig)
     assert proc.wait(timeout=10) == -sig
     assert wait_gone(stage), "the stage outlived its launcher"
+
+
+def test_a_terminated_warm_process_lets_its_running_stage_finish_then_leaves(repo):
+    tmp, env = repo
+    warm_up(tmp, env)
+    proc, _, warm = sleeping_stage(tmp, env, 2)
+    os.kill(warm, signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0  # the stage's own status, not a kill
+    assert not sockets(tmp) and wait_gone(warm)
+    assert not list((tmp / "tmp").glob("safeclip-zygote-*/*.log"))  # a clean exit leaves no log
+    assert json.loads(launch(tmp, env).stdout)["ppid"] == os.getpid()  # the next one runs cold
 
 
 def test_the_warm_process_leaves_when_idle(repo):
@@ -162,7 +179,11 @@ def test_stages_launched_while_it_warms_up_start_no_second_one(repo):
 def test_warm_starts_are_off_when_asked_and_by_default_beside_a_gpu(monkeypatch):
     from safeclip import zygote
 
+    monkeypatch.setattr(zygote.sys, "platform", "linux")
     for setting, gpu, expected in (("0", False, False), ("1", True, True), ("", True, False), ("", False, True)):
         monkeypatch.setenv("SAFECLIP_ZYGOTE", setting)
         monkeypatch.setattr(zygote.os.path, "exists", lambda p, gpu=gpu: gpu and p == "/dev/nvidiactl")
         assert zygote.enabled() is expected, (setting, gpu)
+    monkeypatch.setattr(zygote.sys, "platform", "darwin")
+    monkeypatch.setenv("SAFECLIP_ZYGOTE", "1")
+    assert not zygote.enabled()
