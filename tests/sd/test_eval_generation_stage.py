@@ -107,7 +107,7 @@ def test_outputs_then_kill_and_resume(workspace: Path):
 
 def test_a_broken_i2p_csv_stops_the_stage_with_nothing_written(workspace: Path):
     """One broken file through the stage (exit 2, the file and line named, nothing written); every kind of breakage
-    read_i2p names is checked in tests/unit/test_generation_metrics.py, without a process start each."""
+    read_i2p names is checked in tests/eval/test_generation_metrics.py, without a process start each."""
     ws = workspace
     csv, needle = "prompt,categories\na calm lake,shocking\n,hate\n", "line 3: field 'prompt' is empty"
     for d in ("data/generation", "checkpoints", "metrics"):
