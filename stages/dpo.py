@@ -11,10 +11,10 @@ from safeclip.data.schemas import CAPTIONS
 from safeclip.data.skip import llm_stages_skipped
 from safeclip.io import InputError, read_parquet, write_metrics, write_parquet, write_plot_csv
 from safeclip.llm.dpo import build_dpo_trainer
-from safeclip.llm.generate import rewrite, rewrite_sharded
+from safeclip.llm.generate import rewrite_sharded
 from safeclip.llm.model import llm_device, llm_dtype, load_causal_lm, run_dtype, save_model_dir
 from safeclip.llm.preferences import ModelScorer, OracleScorer, preference_pair
-from safeclip.llm.quality import rewrite_quality
+from safeclip.llm.quality import judged_rewrites
 from safeclip.llm.sft import merged_model
 from safeclip.llm.template import prompt_for
 from safeclip.llm.training import loss_curve, train_resumably
@@ -129,15 +129,10 @@ def world_quality(model, tok, params, log) -> dict:
     """The SFT stage's figures on the same val captions (greedy), plus sampling at T=1 for robustness."""
     ev = params.dpo.eval
     safe = read_parquet("data/captions/val.parquet", CAPTIONS).column("caption").to_pylist()[:ev.n_val_captions]
-    out = {}
-    for name, kwargs in (("val_captions", {}), ("val_captions_t1", {"do_sample": True, "temperature": 1.0})):
-        gen = [g[0] for g in rewrite(model, tok, safe, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
-                                     seed=params.base.seed, **kwargs)]
-        q = rewrite_quality(safe, gen)
-        out.update({f"dpo.{name}.{k}": v for k, v in q.items()})
-        log.info("%s (n=%d): parse %.1f%%, unsafe %.1f%%, scene kept %.1f%%", name, q["n"], 100 * q["parse"],
-                 100 * q["unsafe"], 100 * q["scene_kept"])
-    return out
+    return judged_rewrites(model, tok, {"val_captions": (safe, {}),
+                                        "val_captions_t1": (safe, {"do_sample": True, "temperature": 1.0})},
+                           prefix="dpo", batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
+                           seed=params.base.seed, log=log)
 
 
 if __name__ == "__main__":

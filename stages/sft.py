@@ -6,9 +6,8 @@ from safeclip.checkpoint import file_digest, fingerprint
 from safeclip.data.schemas import CAPTIONS, PAIRS
 from safeclip.data.skip import llm_stages_skipped
 from safeclip.io import read_parquet, write_metrics, write_plot_csv
-from safeclip.llm.generate import rewrite
 from safeclip.llm.model import llm_dtype, load_causal_lm, run_dtype, save_model_dir
-from safeclip.llm.quality import rewrite_quality
+from safeclip.llm.quality import judged_rewrites
 from safeclip.llm.sft import build_sft_trainer, merged_model, prompt_completion
 from safeclip.llm.training import last_value, loss_curve, train_resumably
 from safeclip.stage import entry_point, run_stage, start
@@ -47,16 +46,11 @@ def main() -> None:
 
 def world_quality(model, tok, val_pairs, ev, seed: int, log) -> dict:
     """Greedy rewrites of the val pairs and of held-out world captions, judged by the oracle."""
-    out = {}
     captions = read_parquet("data/captions/val.parquet", CAPTIONS).column("caption").to_pylist()[:ev.n_val_captions]
-    for name, safe in (("val_pairs", val_pairs.column("safe").to_pylist()), ("val_captions", captions)):
-        gen = [g[0] for g in rewrite(model, tok, safe, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
-                                     seed=seed)]
-        q = rewrite_quality(safe, gen)
-        out.update({f"sft.{name}.{k}": v for k, v in q.items()})
-        log.info("%s (n=%d): parse %.1f%%, unsafe %.1f%%, scene kept %.1f%%; e.g. %r -> %r", name, q["n"],
-                 100 * q["parse"], 100 * q["unsafe"], 100 * q["scene_kept"], safe[0], gen[0])
-    return out
+    return judged_rewrites(model, tok, {"val_pairs": (val_pairs.column("safe").to_pylist(), {}),
+                                        "val_captions": (captions, {})},
+                           prefix="sft", batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, seed=seed,
+                           log=log)
 
 
 if __name__ == "__main__":
