@@ -162,9 +162,10 @@ def _cell(s: Summary | None) -> str:
 def seeds_report(runs: Sequence[Run], table: dict[str, dict[str, Summary]], claims: list[dict]):
     """The seeds table and the claims as the report's blocks, so the Markdown and the offline HTML (one page,
     no CDN, like reports/report.html) come from one description."""
+    from safeclip.methods.registry import display_name
     from safeclip.report.render import Report, claims_block, para, section
     from safeclip.report.render import table as table_block
-    from safeclip.report.tables import Claim, Table, display_name
+    from safeclip.report.tables import Claim, Table
 
     seeds = ", ".join(str(r.params.get("base.seed")) for r in runs)
     keys = [k for k in HEADLINE if any(k in row for row in table.values())]

@@ -148,11 +148,11 @@ def run_attack_suite(bundle: ClipBundle, captions: Sequence[str], targets: torch
     start = init_id(tok, cfg.init_token)
     out, m = SuiteResult(), {}
 
-    def decode(slots: torch.Tensor) -> str:
-        return " ".join(tok.decode(slots.tolist(), skip_special_tokens=True).split())
-
-    def decode_rows(rows: torch.Tensor) -> list[str]:  # decode's texts for a batch of rows, in one call
+    def decode_rows(rows: torch.Tensor) -> list[str]:  # the prompt texts of a [n, L] batch of rows, in one call
         return [" ".join(t.split()) for t in tok.batch_decode(rows.tolist(), skip_special_tokens=True)]
+
+    def decode(slots: torch.Tensor) -> str:
+        return decode_rows(slots[None])[0]
 
     def score(key: str, texts: list[str]) -> None:
         emb = encode_texts(bundle, texts, batch_size)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from safeclip.io import InputError
+from safeclip.methods.registry import display_name
 from safeclip.report.tables import (
     BASE,
     NO,
@@ -21,7 +22,6 @@ from safeclip.report.tables import (
     Metrics,
     Table,
     comparison_table,
-    display_name,
     fmt,
     key,
     read_metrics_json,

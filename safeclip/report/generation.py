@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from safeclip.io import InputError
+from safeclip.methods.registry import display_name
 from safeclip.report.figures import PNG_SIGNATURE
 from safeclip.report.tables import (
     BASE,
@@ -28,7 +29,6 @@ from safeclip.report.tables import (
     Metrics,
     Table,
     comparison_table,
-    display_name,
     fmt,
     fmt_delta,
     key,

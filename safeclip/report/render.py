@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safeclip.io import atomic_dir
+from safeclip.methods.registry import display_name
 from safeclip.report import attack, figures, generation, tables
-from safeclip.report.tables import BASE, Claim, Table, display_name
+from safeclip.report.tables import BASE, Claim, Table
 
 Block = tuple[str, str]  # (markdown, html)
 

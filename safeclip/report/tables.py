@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safeclip.io import InputError
-from safeclip.methods.registry import BASE, display_name  # noqa: F401 (display_name: re-exported)
+from safeclip.methods.registry import BASE, display_name
 
 MISSING = "–"
 
